@@ -1,0 +1,185 @@
+import itertools
+import math
+
+import pytest
+import torch
+from _decoding_toys import END, PAD, START, UNK, ToyDecoder, ToyModel
+
+from ica_captioning.decoding import beam_search, beam_search_features, teacher_forced_alphas
+
+BANNED = (PAD, START, UNK)
+
+
+def sequence_logprob(decoder, features, words):
+    """log p(words + <end> | image) by running the decoder one token at a time."""
+    state = decoder.init_state(features[None])
+    total = 0.0
+    inputs = [START, *words]
+    targets = [*words, END]
+    with torch.no_grad():
+        for inp, tgt in zip(inputs, targets):
+            logits, _, state = decoder.step(features[None], torch.tensor([inp]), state)
+            total += torch.log_softmax(logits[0], -1)[tgt].item()
+    return total
+
+
+def exhaustive_best(decoder, features, vocab, max_len, length_penalty=0.0):
+    words = [w for w in range(vocab) if w not in (*BANNED, END)]
+    best = (-math.inf, None)
+    for n in range(max_len + 1):
+        for seq in itertools.product(words, repeat=n):
+            lp = sequence_logprob(decoder, features, list(seq))
+            ranked = lp / (n + 1) ** length_penalty
+            if ranked > best[0]:
+                best = (ranked, list(seq), lp)
+    return best
+
+
+def per_image_beam_search(decoder, features, beam_size, max_len):
+    """Straightforward list-of-hypotheses beam search for one image (reference)."""
+    state = decoder.init_state(features[None])
+    hyps = [(0.0, [], state, False)]  # score, tokens, state, finished
+    for t in range(max_len + 1):
+        candidates = []
+        for score, toks, st, done in hyps:
+            if done:
+                candidates.append((score, toks, st, True))
+                continue
+            inp = toks[-1] if toks else START
+            with torch.no_grad():
+                logits, _, new_st = decoder.step(features[None], torch.tensor([inp]), st)
+            logp = torch.log_softmax(logits[0], -1)
+            for w in range(logp.shape[0]):
+                if w in BANNED or (t == max_len and w != END):
+                    continue
+                candidates.append((score + logp[w].item(), toks + [w], new_st, w == END))
+        candidates.sort(key=lambda h: -h[0])
+        hyps = candidates[:beam_size]
+        if all(h[3] for h in hyps):
+            break
+    best = max(hyps, key=lambda h: h[0])
+    toks = best[1][:-1] if best[1] and best[1][-1] == END else best[1]
+    return toks, best[0]
+
+
+def run(decoder, features, **kw):
+    kw.setdefault("start_id", START)
+    kw.setdefault("end_id", END)
+    kw.setdefault("pad_id", PAD)
+    kw.setdefault("banned_ids", BANNED)
+    return beam_search_features(decoder, features, **kw)
+
+
+def test_wide_beam_equals_exhaustive_search(toy_decoder, toy_features):
+    max_len = 3
+    # 3 real words: 1 + 3 + 9 + 27 = 40 complete sequences, so a beam of 40 holds them all.
+    out = run(toy_decoder, toy_features, beam_size=40, max_len=max_len)
+    greedy = run(toy_decoder, toy_features, beam_size=1, max_len=max_len)
+    differs_from_greedy = 0
+    for b in range(toy_features.shape[0]):
+        _, words, lp = exhaustive_best(toy_decoder, toy_features[b], 7, max_len)
+        assert out.token_lists()[b] == words
+        assert out.scores[b].item() == pytest.approx(lp, abs=1e-5)
+        differs_from_greedy += greedy.token_lists()[b] != words
+    # The toy model is chosen so that search matters (otherwise this test could not fail).
+    assert differs_from_greedy > 0
+
+
+def test_wide_beam_with_length_penalty_equals_exhaustive(toy_decoder, toy_features):
+    out = run(toy_decoder, toy_features, beam_size=40, max_len=3, length_penalty=1.0)
+    for b in range(toy_features.shape[0]):
+        _, words, _ = exhaustive_best(toy_decoder, toy_features[b], 7, 3, length_penalty=1.0)
+        assert out.token_lists()[b] == words
+
+
+@pytest.mark.parametrize("beam_size", [1, 2, 3, 5])
+def test_batched_equals_per_image_beam_search(toy_decoder, toy_features, beam_size):
+    out = run(toy_decoder, toy_features, beam_size=beam_size, max_len=6)
+    for b in range(toy_features.shape[0]):
+        words, score = per_image_beam_search(toy_decoder, toy_features[b], beam_size, 6)
+        assert out.token_lists()[b] == words
+        assert out.scores[b].item() == pytest.approx(score, abs=1e-5)
+
+
+def test_greedy_is_argmax_decoding(toy_decoder, toy_features):
+    out = run(toy_decoder, toy_features, beam_size=1, max_len=5)
+    for b in range(toy_features.shape[0]):
+        state = toy_decoder.init_state(toy_features[b : b + 1])
+        inp, words = START, []
+        for t in range(6):
+            logits, _, state = toy_decoder.step(toy_features[b : b + 1], torch.tensor([inp]), state)
+            logits = logits[0].clone()
+            logits[list(BANNED)] = -math.inf
+            if t == 5:
+                break
+            inp = int(logits.argmax())
+            if inp == END:
+                break
+            words.append(inp)
+        assert out.token_lists()[b] == words
+
+
+def test_outputs_shapes_padding_and_alphas_match_teacher_forcing(toy_decoder, toy_features):
+    out = run(toy_decoder, toy_features, beam_size=3, max_len=6)
+    b, num_cells = toy_features.shape[0], toy_features.shape[1]
+    width = int(out.lengths.max())
+    assert out.tokens.shape == (b, width)
+    assert out.alphas.shape == (b, width, num_cells)
+    assert (out.lengths <= 6).all()
+    for i, words in enumerate(out.token_lists()):
+        n = len(words)
+        assert (out.tokens[i, n:] == PAD).all()
+        assert (out.alphas[i, n:] == 0).all()
+        assert END not in words and not set(words) & set(BANNED)
+        # The attention of word i is the one of the step that predicted it: teacher-forcing the
+        # chosen caption must give the same maps.
+        ids = torch.tensor([[START, *words, END]])
+        tf = teacher_forced_alphas(toy_decoder, toy_features[i : i + 1], ids)[0, :n]
+        torch.testing.assert_close(out.alphas[i, :n], tf)
+        torch.testing.assert_close(out.alphas[i, :n].sum(-1), torch.ones(n))
+
+
+def test_max_len_zero_forces_empty_captions(toy_decoder, toy_features):
+    out = run(toy_decoder, toy_features, beam_size=3, max_len=0)
+    assert out.lengths.tolist() == [0] * toy_features.shape[0]
+    assert out.tokens.shape == (toy_features.shape[0], 1)
+    for b in range(toy_features.shape[0]):
+        assert out.scores[b].item() == pytest.approx(
+            sequence_logprob(toy_decoder, toy_features[b], []), abs=1e-5
+        )
+
+
+def test_beam_search_on_images_chunks_consistently():
+    model = ToyModel(vocab=9, num_cells=4, dim=5, seed=2)
+    images = torch.randn(7, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    kw = dict(beam_size=3, max_len=5, start_id=START, end_id=END, pad_id=PAD, banned_ids=BANNED)
+    whole = beam_search(model, images, batch_size=7, **kw)
+    chunked = beam_search(model, images, batch_size=2, **kw)
+    assert whole.token_lists() == chunked.token_lists()
+    torch.testing.assert_close(whole.scores, chunked.scores)
+    n = whole.tokens.shape[1]
+    torch.testing.assert_close(whole.alphas, chunked.alphas[:, :n])
+
+
+def test_bad_inputs_raise(toy_decoder, toy_features):
+    with pytest.raises(ValueError, match="beam_size"):
+        run(toy_decoder, toy_features, beam_size=0, max_len=3)
+    with pytest.raises(ValueError, match="max_len"):
+        run(toy_decoder, toy_features, beam_size=2, max_len=-1)
+    with pytest.raises(ValueError, match="end_id"):
+        run(toy_decoder, toy_features, beam_size=2, max_len=3, banned_ids=(END,))
+    with pytest.raises(ValueError, match=r"\[B, L, D\]"):
+        run(toy_decoder, toy_features[0], beam_size=2, max_len=3)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        run(toy_decoder, toy_features, beam_size=2, max_len=3, end_id=99)
+
+
+def test_empty_batch(toy_decoder):
+    out = run(toy_decoder, torch.zeros(0, 4, 5), beam_size=2, max_len=3)
+    assert out.tokens.shape == (0, 1) and out.alphas.shape == (0, 1, 4)
+
+
+def test_unused_import_guard():
+    # ToyDecoder must expose the contract interface used above.
+    dec = ToyDecoder(vocab=5, dim=2)
+    assert hasattr(dec, "init_state") and hasattr(dec, "step")
