@@ -1,0 +1,1 @@
+"""The ingestion pipeline (see pipeline.py)."""
