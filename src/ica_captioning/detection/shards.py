@@ -1,0 +1,255 @@
+"""Sharded, resumable detection runs and the merge into the ``detections`` table.
+
+Images (sorted by ``image_id``) are cut into shards of ``shard_size``. Each shard is written as
+``shard-NNNNN.parquet`` (detections) plus ``shard-NNNNN.quarantine.parquet`` as soon as it is
+finished, atomically (temp file + rename), so a killed run leaves only complete shards and a
+rerun skips them. Shard ``k`` belongs to process ``k % num_shards``, so several GPUs or machines
+(``detection.shard_index`` / ``detection.num_shards``) can share the work; :func:`merge_shards`
+then checks that every shard exists and concatenates them.
+
+Shards live in ``<shards_dir>/<backend>-<fingerprint>/``: the fingerprint hashes everything that
+changes the output (backend settings, images table, shard size), so changing a setting starts a
+fresh folder instead of silently mixing old and new detections.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ica_captioning.detection.base import (
+    DetectionConfigError,
+    DetectorBackend,
+    ImageRecord,
+    detections_frame,
+    quarantine_frame,
+    quarantine_row,
+)
+
+logger = logging.getLogger(__name__)
+
+SHARD_PATTERN = "shard-{:05d}.parquet"
+QUARANTINE_PATTERN = "shard-{:05d}.quarantine.parquet"
+PREFLIGHT = "preflight.quarantine.parquet"
+
+
+def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """Write Parquet so that ``path`` exists only when complete (a kill leaves a temp file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def run_fingerprint(
+    backend: DetectorBackend, records: Sequence[ImageRecord], shard_size: int
+) -> str:
+    """Short hash of the backend settings, the images and the shard size."""
+    payload = {
+        "backend": backend.fingerprint(),
+        "shard_size": int(shard_size),
+        "images": [(r.image_id, r.file_path, r.width, r.height) for r in records],
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def run_dir(
+    shards_dir: str | Path,
+    backend: DetectorBackend,
+    records: Sequence[ImageRecord],
+    shard_size: int,
+) -> Path:
+    """Folder of the shards of this configuration."""
+    return Path(shards_dir) / f"{backend.name}-{run_fingerprint(backend, records, shard_size)}"
+
+
+def _check_sharding(shard_size: int, shard_index: int, num_shards: int) -> None:
+    if int(shard_size) < 1:
+        raise DetectionConfigError(f"detection.shard_size={shard_size} must be >= 1")
+    if int(num_shards) < 1:
+        raise DetectionConfigError(f"detection.num_shards={num_shards} must be >= 1")
+    if not 0 <= int(shard_index) < int(num_shards):
+        raise DetectionConfigError(
+            f"detection.shard_index={shard_index} must be in [0, detection.num_shards={num_shards})"
+        )
+
+
+def run_sharded(
+    backend: DetectorBackend,
+    records: Sequence[ImageRecord],
+    shards_dir: str | Path,
+    shard_size: int = 512,
+    shard_index: int = 0,
+    num_shards: int = 1,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Detect on this process's shards, skipping shards already written.
+
+    Args:
+        backend: the detector.
+        records: all images of the run, sorted by ``image_id`` (every process gets the same list).
+        shards_dir: parent folder of the run folder.
+        shard_size: images per shard.
+        shard_index: this process's index in ``[0, num_shards)``.
+        num_shards: number of processes sharing the shards.
+        progress: show a tqdm bar (images/s).
+
+    Returns:
+        One row per shard of this process: ``shard``, ``path``, ``num_images``, ``status``
+        (``done`` = computed now, ``skipped`` = found finished), ``seconds``, ``run_dir``.
+    """
+    _check_sharding(shard_size, shard_index, num_shards)
+    folder = run_dir(shards_dir, backend, records, shard_size)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(
+        json.dumps(
+            {"backend": backend.fingerprint(), "shard_size": shard_size, "images": len(records)},
+            indent=2,
+            default=str,
+        )
+    )
+    preflight = folder / PREFLIGHT
+    if not preflight.exists():
+        _atomic_parquet(quarantine_frame(backend.preflight_quarantine()), preflight)
+    total = -(-len(records) // shard_size)
+    mine = [k for k in range(total) if k % num_shards == shard_index]
+    todo = [k for k in mine if not (folder / SHARD_PATTERN.format(k)).exists()]
+    n_todo = sum(len(records[k * shard_size : (k + 1) * shard_size]) for k in todo)
+    logger.info(
+        "detection (%s) in %s: %d shard(s) of %d for this process, %d already finished",
+        backend.name,
+        folder,
+        len(mine),
+        total,
+        len(mine) - len(todo),
+    )
+    report = [
+        {
+            "shard": k,
+            "path": str(folder / SHARD_PATTERN.format(k)),
+            "num_images": 0,
+            "status": "skipped",
+            "seconds": 0.0,
+        }
+        for k in mine
+        if k not in todo
+    ]
+    bar = tqdm(total=n_todo, unit="img", desc=f"detect[{backend.name}]", disable=not progress)
+    try:
+        for k in todo:
+            start = time.perf_counter()
+            shard = records[k * shard_size : (k + 1) * shard_size]
+            results, quarantine = [], []
+            for b in range(0, len(shard), max(1, backend.batch_size)):
+                batch = shard[b : b + max(1, backend.batch_size)]
+                res, bad = backend.detect(batch)
+                results.extend(_check_results(backend, batch, res, bad))
+                quarantine.extend(bad)
+                bar.update(len(batch))
+            # Quarantine first: the detections file's existence marks the shard as finished.
+            _atomic_parquet(quarantine_frame(quarantine), folder / QUARANTINE_PATTERN.format(k))
+            _atomic_parquet(detections_frame(results), folder / SHARD_PATTERN.format(k))
+            report.append(
+                {
+                    "shard": k,
+                    "path": str(folder / SHARD_PATTERN.format(k)),
+                    "num_images": len(shard),
+                    "status": "done",
+                    "seconds": time.perf_counter() - start,
+                }
+            )
+    finally:
+        bar.close()
+    frame = pd.DataFrame(report, columns=["shard", "path", "num_images", "status", "seconds"])
+    frame["run_dir"] = str(folder)
+    return frame.sort_values("shard", ignore_index=True)
+
+
+def _check_results(
+    backend: DetectorBackend,
+    batch: Sequence[ImageRecord],
+    results: list,
+    quarantine: list[dict[str, Any]],
+) -> list:
+    """Every image of a batch must come back once: as a result or as a quarantine row.
+
+    A result whose mask size disagrees with its image becomes a quarantine row (appended to
+    ``quarantine``). A missing or unexpected image is a backend bug and raises.
+    """
+    by_id = {r.image_id: r for r in batch}
+    seen = [r.image_id for r in results] + [q["image_id"] for q in quarantine if q["image_id"]]
+    missing = sorted(set(by_id) - set(seen))
+    extra = sorted(set(seen) - set(by_id))
+    if missing or extra:
+        raise RuntimeError(
+            f"backend {backend.name} returned no result for image(s) {missing[:10]} and "
+            f"unexpected image(s) {extra[:10]}"
+        )
+    ok = []
+    for res in results:
+        rec = by_id[res.image_id]
+        if (res.height, res.width) != (rec.height, rec.width):
+            quarantine.append(
+                quarantine_row(
+                    "detection",
+                    rec.path,
+                    str(rec.image_id),
+                    rec.image_id,
+                    f"mask size {res.height}x{res.width} disagrees with image size "
+                    f"{rec.height}x{rec.width} in the images table",
+                )
+            )
+            continue
+        ok.append(res)
+    return ok
+
+
+def merge_shards(
+    folder: str | Path,
+    records: Sequence[ImageRecord],
+    shard_size: int = 512,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Concatenate all shards of a run folder into ``detections`` and its quarantine table.
+
+    Args:
+        folder: the run folder (:func:`run_dir`, also in :func:`run_sharded`'s report).
+        records: all images of the run, sorted by ``image_id``.
+        shard_size: images per shard.
+
+    Raises:
+        FileNotFoundError: some shards are not finished (names them and how to finish them).
+        RuntimeError: an image is neither in the detections nor in the quarantine.
+    """
+    folder = Path(folder)
+    total = -(-len(records) // int(shard_size))
+    missing = [k for k in range(total) if not (folder / SHARD_PATTERN.format(k)).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {total} detection shards are not finished in {folder} "
+            f"(e.g. {missing[:10]}): run `kedro run --pipeline detection` again (with the "
+            "detection.shard_index / num_shards of the processes that own them) to finish them"
+        )
+    frames = [pd.read_parquet(folder / SHARD_PATTERN.format(k)) for k in range(total)]
+    bad = [pd.read_parquet(folder / PREFLIGHT)] if (folder / PREFLIGHT).exists() else []
+    bad += [pd.read_parquet(folder / QUARANTINE_PATTERN.format(k)) for k in range(total)]
+    detections = pd.concat(frames, ignore_index=True) if frames else detections_frame([])
+    quarantine = quarantine_frame(
+        pd.concat(bad, ignore_index=True).to_dict("records") if bad else []
+    )
+    accounted = set(detections["image_id"].tolist())
+    # Images whose decoding failed are in the quarantine (source "detection"), not detections.
+    failed = quarantine.loc[quarantine["source"] == "detection", "image_id"].dropna()
+    accounted |= {int(i) for i in failed}
+    lost = [r.image_id for r in records if r.image_id not in accounted]
+    if lost:
+        raise RuntimeError(f"images {lost[:10]} are in no detection shard of {folder}")
+    return detections, quarantine

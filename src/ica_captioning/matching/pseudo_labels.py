@@ -1,0 +1,309 @@
+"""Build ``pseudo_labels`` and ``matching_stats`` from captions and detections.
+
+For each caption: the tokens that name a class detected in its image (score ``>=``
+``score_threshold``), the union of all instances of that class (the paper merges instances),
+reduced to the ``G × G`` attention grid (:mod:`ica_captioning.matching.grid`). Grids are computed
+once per (image, class) pair and shared by the ~5 captions of an image.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ica_captioning.detection.rle import union_rle
+from ica_captioning.matching.grid import binarize_fractions, pack_grids, rle_cell_fractions
+from ica_captioning.matching.lexicon import Lexicon
+
+logger = logging.getLogger(__name__)
+
+CAPTION_COLUMNS = ["caption_id", "image_id", "tokens"]
+DETECTION_COLUMNS = ["image_id", "class_name", "score", "rle_counts", "height", "width", "status"]
+PSEUDO_LABEL_COLUMNS = [
+    "caption_id",
+    "image_id",
+    "token_position",
+    "class_name",
+    "grid_size",
+    "grid",
+]
+
+
+class MatchingInputError(ValueError):
+    """A table given to matching lacks columns or holds unusable values."""
+
+
+def _require(frame: pd.DataFrame, columns: Sequence[str], name: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise MatchingInputError(
+            f"{name} table lacks column(s) {missing}; it has {list(frame.columns)} "
+            "(see docs/contracts.md)"
+        )
+
+
+def _token_list(tokens: Any, caption_id: Any) -> list[str]:
+    if isinstance(tokens, np.ndarray):
+        return tokens.tolist()
+    if isinstance(tokens, (list, tuple)):
+        return list(tokens)
+    raise MatchingInputError(
+        f"captions: caption_id {caption_id} has tokens of type {type(tokens).__name__}, "
+        "expected a list of strings"
+    )
+
+
+def find_mentions(
+    captions: pd.DataFrame, lexicon: Lexicon, present: dict[int, frozenset[str]]
+) -> pd.DataFrame:
+    """Every class mention of every caption, resolved against the image's detected classes.
+
+    Args:
+        captions: ``caption_id``, ``image_id``, ``tokens``.
+        lexicon: the lexicon.
+        present: image id -> classes detected in it.
+
+    Returns:
+        One row per mention: ``caption_id``, ``image_id``, ``token_position``, ``class_name``
+        (the matched class, or None), ``mentioned`` (first candidate class, for counting misses).
+    """
+    cap_ids, img_ids, positions, matched, mentioned = [], [], [], [], []
+    empty: frozenset[str] = frozenset()
+    for cid, iid, toks in zip(captions["caption_id"], captions["image_id"], captions["tokens"]):
+        found = lexicon.mentions(_token_list(toks, cid))
+        if not found:
+            continue
+        classes = present.get(iid, empty)
+        for pos, cands in found:
+            cap_ids.append(cid)
+            img_ids.append(iid)
+            positions.append(pos)
+            mentioned.append(cands[0])
+            matched.append(next((c for c in cands if c in classes), None))
+    return pd.DataFrame(
+        {
+            "caption_id": pd.Series(cap_ids, dtype="int64"),
+            "image_id": pd.Series(img_ids, dtype="int64"),
+            "token_position": pd.Series(positions, dtype="int64"),
+            "class_name": pd.Series(matched, dtype=object),
+            "mentioned": pd.Series(mentioned, dtype=object),
+        }
+    )
+
+
+def class_grids(
+    detections: pd.DataFrame,
+    pairs: pd.DataFrame,
+    grid_size: int,
+    cell_threshold: float,
+    chunk: int = 4096,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Binary grid of the union of all instances of each (image, class) pair.
+
+    Args:
+        detections: kept detections (``image_id``, ``class_name``, ``rle_counts``,
+            ``height``, ``width``).
+        pairs: unique ``image_id``, ``class_name`` pairs to compute.
+        grid_size: ``G``.
+        cell_threshold: cell on when its area fraction is ``>=`` this.
+        chunk: pairs binarised together (bounds memory at ``chunk × G² × 8`` bytes).
+        progress: show a tqdm bar.
+
+    Returns:
+        ``pairs`` with ``grid`` (packed bytes, None for an empty mask), ``fallback`` (best-cell
+        rule used), ``empty`` (the union covers no pixel).
+
+    Raises:
+        MatchingInputError: a mask is corrupt (names image and class).
+    """
+    dets = detections.sort_values(["image_id", "class_name"], kind="stable")
+    # Row ranges of each (image, class) group in the sorted table: one pass, no groupby objects.
+    img = dets["image_id"].to_numpy()
+    cls = dets["class_name"].to_numpy()
+    new = np.r_[True, (img[1:] != img[:-1]) | (cls[1:] != cls[:-1])] if len(dets) else []
+    starts = np.flatnonzero(new)
+    ends = np.r_[starts[1:], len(dets)]
+    index = {
+        (int(dets["image_id"].iat[s]), dets["class_name"].iat[s]): (s, e)
+        for s, e in zip(starts, ends)
+    }
+    counts = dets["rle_counts"].to_numpy()
+    heights = dets["height"].to_numpy()
+    widths = dets["width"].to_numpy()
+    n = len(pairs)
+    grids: list[bytes | None] = [None] * n
+    fallback = np.zeros(n, dtype=bool)
+    empty = np.zeros(n, dtype=bool)
+    buf = np.zeros((min(chunk, max(n, 1)), grid_size, grid_size))  # [chunk, G, G] fractions
+    items = list(zip(pairs["image_id"].tolist(), pairs["class_name"].tolist()))
+    bar = tqdm(total=n, unit="grid", desc="matching grids", disable=not progress)
+    for c0 in range(0, n, chunk):
+        block = items[c0 : c0 + chunk]
+        for j, (iid, cname) in enumerate(block):
+            s, e = index[(iid, cname)]
+            h, w = int(heights[s]), int(widths[s])
+            try:
+                union = union_rle(list(counts[s:e]), h, w)
+                buf[j] = rle_cell_fractions(union, h, w, grid_size)
+            except (ValueError, TypeError, UnicodeEncodeError) as err:
+                raise MatchingInputError(
+                    f"detections: corrupt mask of class '{cname}' in image {iid}: {err}"
+                ) from err
+        frac = buf[: len(block)]
+        binary, fb = binarize_fractions(frac, cell_threshold)
+        is_empty = frac.reshape(len(block), -1).max(axis=1) <= 0
+        packed = pack_grids(binary)
+        for j in range(len(block)):
+            grids[c0 + j] = None if is_empty[j] else packed[j]
+        fallback[c0 : c0 + len(block)] = fb
+        empty[c0 : c0 + len(block)] = is_empty
+        bar.update(len(block))
+    bar.close()
+    out = pairs[["image_id", "class_name"]].reset_index(drop=True).copy()
+    out["grid"] = pd.Series(grids, dtype=object)
+    out["fallback"] = fallback
+    out["empty"] = empty
+    return out
+
+
+def build_pseudo_labels(
+    captions: pd.DataFrame,
+    detections: pd.DataFrame,
+    lexicon: Lexicon,
+    score_threshold: float = 0.5,
+    grid_size: int = 14,
+    cell_threshold: float = 0.5,
+    progress: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Pseudo-attention labels for every caption, and statistics about them.
+
+    Args:
+        captions: the ``captions`` table (``caption_id``, ``image_id``, ``tokens``; ``split``
+            is carried over when present).
+        detections: the ``detections`` table.
+        lexicon: words -> classes.
+        score_threshold: detections with a lower score are ignored.
+        grid_size: ``G`` of the attention grid.
+        cell_threshold: area fraction from which a cell is on.
+        progress: show a progress bar for the grids.
+
+    Returns:
+        ``pseudo_labels`` (docs/contracts.md, plus ``split`` when captions have it) and
+        ``matching_stats`` (long format ``statistic``, ``key``, ``value``).
+    """
+    _require(captions, CAPTION_COLUMNS, "captions")
+    _require(detections, DETECTION_COLUMNS, "detections")
+    if not 0.0 < float(cell_threshold) <= 1.0:
+        raise MatchingInputError(f"matching.cell_threshold={cell_threshold} must be in (0, 1]")
+    if int(grid_size) < 1:
+        raise MatchingInputError(f"matching.grid_size={grid_size} must be >= 1")
+    bad_status = set(detections["status"].dropna().unique()) - {"ok", "no_detections"}
+    if bad_status:
+        raise MatchingInputError(f"detections: unknown status value(s) {sorted(bad_status)}")
+    kept = detections[
+        (detections["status"] == "ok") & (detections["score"] >= float(score_threshold))
+    ]
+    if kept["rle_counts"].isna().any() or kept["class_name"].isna().any():
+        row = kept[kept["rle_counts"].isna() | kept["class_name"].isna()].iloc[0]
+        raise MatchingInputError(
+            f"detections: image {row['image_id']} has an 'ok' row without class or mask"
+        )
+    present = {
+        int(i): frozenset(g)
+        for i, g in kept.groupby("image_id", sort=False)["class_name"].unique().items()
+    }
+    vocabulary = set(detections["class_name"].dropna().unique())
+    mentions = find_mentions(captions, lexicon, present)
+    matched = mentions[mentions["class_name"].notna()]
+    pairs = matched[["image_id", "class_name"]].drop_duplicates(ignore_index=True)
+    grids = class_grids(kept, pairs, int(grid_size), float(cell_threshold), progress=progress)
+    labels = matched.merge(grids, on=["image_id", "class_name"], how="left", validate="m:1")
+    usable = labels["grid"].notna()
+    labels_out = labels[usable].reset_index(drop=True)
+    pseudo = pd.DataFrame(
+        {
+            "caption_id": labels_out["caption_id"].astype("int64"),
+            "image_id": labels_out["image_id"].astype("int64"),
+            "token_position": labels_out["token_position"].astype("int64"),
+            "class_name": labels_out["class_name"].astype(object),
+            "grid_size": np.full(len(labels_out), int(grid_size), dtype=np.int64),
+            "grid": labels_out["grid"].astype(object),
+        },
+        columns=PSEUDO_LABEL_COLUMNS,
+    )
+    if "split" in captions.columns:
+        split = captions.drop_duplicates("caption_id").set_index("caption_id")["split"]
+        pseudo["split"] = pseudo["caption_id"].map(split).astype(object)
+    stats = _statistics(captions, detections, kept, mentions, pseudo, grids, labels, vocabulary)
+    return pseudo, stats
+
+
+def _statistics(
+    captions: pd.DataFrame,
+    detections: pd.DataFrame,
+    kept: pd.DataFrame,
+    mentions: pd.DataFrame,
+    pseudo: pd.DataFrame,
+    grids: pd.DataFrame,
+    labels: pd.DataFrame,
+    vocabulary: set[str],
+) -> pd.DataFrame:
+    """Long-format statistics (``statistic``, ``key``, ``value``)."""
+    rows: list[tuple[str, str, float]] = []
+    n_captions = len(captions)
+    per_caption_objects = pseudo.groupby("caption_id")["class_name"].nunique()
+    per_caption_tokens = pseudo.groupby("caption_id").size()
+    unmatched = mentions[mentions["class_name"].isna()]
+    in_vocab = unmatched["mentioned"].isin(vocabulary)
+    processed = set(detections["image_id"].unique().tolist())
+    not_processed = int((~captions["image_id"].isin(processed)).sum())
+    denom = max(n_captions, 1)
+    rows += [
+        ("captions", "", float(n_captions)),
+        ("captions_with_match", "", float(len(per_caption_objects))),
+        ("share_captions_with_match", "", len(per_caption_objects) / denom),
+        # The paper's "critical objects": distinct detected classes a caption names.
+        ("mean_critical_objects_per_caption", "", float(per_caption_objects.sum()) / denom),
+        (
+            "mean_critical_objects_per_matched_caption",
+            "",
+            float(per_caption_objects.mean()) if len(per_caption_objects) else 0.0,
+        ),
+        ("mean_labelled_tokens_per_caption", "", float(per_caption_tokens.sum()) / denom),
+        ("mentions", "", float(len(mentions))),
+        ("matched_mentions", "", float(len(pseudo))),
+        # A class the detector can output, named in the caption, but not found in this image.
+        ("unmatched_mentions", "", float(in_vocab.sum())),
+        # Named classes the detector never output anywhere (e.g. "orange" the colour on a
+        # dataset without oranges): not a detector miss, reported apart.
+        ("mentions_of_classes_never_detected", "", float((~in_vocab).sum())),
+        ("empty_mask_mentions", "", float(labels["grid"].isna().sum())),
+        ("grids", "", float(len(grids))),
+        ("grids_best_cell_fallback", "", float(grids["fallback"].sum())),
+        ("grids_empty_mask", "", float(grids["empty"].sum())),
+        ("captions_image_not_in_detections", "", float(not_processed)),
+        ("images_with_detections", "", float(kept["image_id"].nunique())),
+        ("detected_instances", "", float(len(kept))),
+    ]
+    rows += [("class_matches", k, float(v)) for k, v in Counter(pseudo["class_name"]).items()]
+    rows += [
+        ("class_unmatched_mentions", k, float(v))
+        for k, v in Counter(unmatched.loc[in_vocab, "mentioned"]).items()
+    ]
+    rows += [
+        ("class_detected_instances", k, float(v)) for k, v in Counter(kept["class_name"]).items()
+    ]
+    if not_processed:
+        logger.warning(
+            "%d captions belong to images absent from the detections table (not processed "
+            "or quarantined); they get no pseudo-labels",
+            not_processed,
+        )
+    return pd.DataFrame(rows, columns=["statistic", "key", "value"])
