@@ -195,7 +195,7 @@ def _shape_polygon(class_name: str, cx: float, cy: float, r: float) -> list[tupl
 def draw_shape_mask(
     class_name: str, center: tuple[float, float], radius: float, image_size: int
 ) -> tuple[np.ndarray, list[float] | None]:
-    """Rasterise one shape (no anti-aliasing).
+    """Rasterise one shape (no anti-aliasing; polygons with the COCO rasteriser).
 
     Args:
         class_name: one of ``CLASS_NAMES``.
@@ -223,9 +223,12 @@ def draw_shape_mask(
         ox, oy, q = cx + 0.5 * r, cy - 0.2 * r, 0.85 * r
         draw.ellipse([ox - q, oy - q, ox + q, oy + q], fill=0)
     else:
+        # Polygons are rasterised by pycocotools itself, so a polygon written to the instances
+        # file decodes to exactly the pixels drawn.
         points = _shape_polygon(class_name, cx, cy, r)
-        draw.polygon(points, fill=1)
         polygon = [round(v, 2) for point in points for v in point]
+        rle = mask_utils.merge(mask_utils.frPyObjects([polygon], image_size, image_size))
+        return mask_utils.decode(rle).astype(bool), polygon
     return np.array(canvas, dtype=bool), polygon
 
 
