@@ -154,3 +154,12 @@ def test_bad_images_are_quarantined_or_stop_the_run(project):
     (images_dir / "000004.png").write_bytes(b"garbage")  # 2 of 30 = 6.7 % > 5 %
     with pytest.raises(DataQualityError, match="2 of 30 images"):
         run_ingestion(project, SMALL)
+
+
+def test_gpu_environment_selects_flickr8k_and_keeps_the_other_keys():
+    _, params = load_project_config(PROJECT, env="gpu")
+    assert params["dataset"]["name"] == "flickr8k"
+    assert params["dataset"]["annotations"].endswith("dataset_flickr8k.json")
+    assert params["ingestion"]["validation"]["num_workers"] == 16
+    assert params["ingestion"]["validation"]["check_size"] is True  # soft merge kept it
+    assert params["ingestion"]["synthetic"]["num_images"] == 2000
