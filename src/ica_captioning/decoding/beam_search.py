@@ -131,19 +131,22 @@ def beam_search_features(
             alphas=torch.zeros(0, 1, num_cells, device=device),
         )
 
-    # Rows are image-major: row b*K + j is beam j of image b.
-    feats = features.repeat_interleave(k, dim=0)  # [B*K, L, D]
-    state = tuple(decoder.init_state(feats))
-    inputs = torch.full((batch * k,), start_id, dtype=torch.long, device=device)  # [B*K]
+    # Step 0 runs on B rows (all K beams of an image are the same empty prefix); from step 1 on
+    # rows are image-major: row b*K + j is beam j of image b.
+    state = tuple(decoder.init_state(features))  # batch B
+    feats = features  # [B, L, D] at step 0, [B*K, L, D] afterwards
+    inputs = torch.full((batch,), start_id, dtype=torch.long, device=device)  # [B]
+    width = 1  # live beams per image in the current rows: 1 at step 0, K afterwards
+    # A state slot is "shared" while it is identical for all beams of an image: true for every
+    # slot right after the step-0 expansion, and kept while ``step`` hands the same tensor back
+    # (e.g. the decoder's projected annotations). Reordering beams within an image is a no-op
+    # on such a slot, so its per-step index_select (a copy of [B*K, L, A]) is skipped.
+    shared = [False] * len(state)
 
     neg_inf = float("-inf")
-    # Only beam 0 is live at the start: all K beams are the same empty prefix, and expanding all
-    # of them would fill the beam with K copies of each continuation.
-    scores = torch.full((batch, k), neg_inf, device=device)  # [B, K]
-    scores[:, 0] = 0.0
-    finished = torch.zeros(batch, k, dtype=torch.bool, device=device)  # [B, K]
-    lengths = torch.zeros(batch, k, dtype=torch.long, device=device)  # [B, K] words so far
-    batch_offset = (torch.arange(batch, device=device) * k).unsqueeze(1)  # [B, 1]
+    scores = torch.zeros(batch, 1, device=device)  # [B, width]
+    finished = torch.zeros(batch, 1, dtype=torch.bool, device=device)  # [B, width]
+    lengths = torch.zeros(batch, 1, dtype=torch.long, device=device)  # [B, width] words so far
 
     backpointers: list[Tensor] = []  # per step [B, K]: source beam of each new beam
     step_tokens: list[Tensor] = []  # per step [B, K]: token chosen
@@ -151,7 +154,8 @@ def beam_search_features(
     finished_row: Tensor | None = None
     vocab = 0
     for t in range(max_len + 1):
-        logits, alpha, state = decoder.step(feats, inputs, state)
+        rows_in = batch * width
+        logits, alpha, new_state = decoder.step(feats, inputs, state)
         if t == 0:
             vocab = logits.shape[-1]
             _check_ids(vocab, start_id=start_id, end_id=end_id, pad_id=pad_id)
@@ -160,12 +164,13 @@ def beam_search_features(
             # A finished beam continues with <pad> at zero cost: its score stays frozen.
             finished_row = torch.full((vocab,), neg_inf, device=device)
             finished_row[pad_id] = 0.0
-        if logits.shape != (batch * k, vocab) or alpha.shape != (batch * k, num_cells):
+        if logits.shape != (rows_in, vocab) or alpha.shape != (rows_in, num_cells):
             raise ValueError(
                 f"decoder.step returned logits {tuple(logits.shape)} and alpha "
-                f"{tuple(alpha.shape)}; expected {(batch * k, vocab)} and {(batch * k, num_cells)}"
+                f"{tuple(alpha.shape)}; expected {(rows_in, vocab)} and {(rows_in, num_cells)}"
             )
-        logp = torch.log_softmax(logits.float(), dim=-1)  # [B*K, V]
+        shared = [sh and new is old for sh, new, old in zip(shared, new_state, state)]
+        logp = torch.log_softmax(logits.float(), dim=-1)  # [B*width, V]
         if banned:
             logp[:, banned] = neg_inf
         if t == max_len:
@@ -173,26 +178,36 @@ def beam_search_features(
             end_logp = logp[:, end_id].clone()
             logp.fill_(neg_inf)
             logp[:, end_id] = end_logp
-        logp = logp.view(batch, k, vocab)
+        logp = logp.view(batch, width, vocab)
         # Dead beams (score -inf: fewer live candidates than K) are treated as finished.
-        done = finished | torch.isinf(scores)
-        logp = torch.where(done.unsqueeze(-1), finished_row, logp)  # [B, K, V]
+        done = finished | torch.isinf(scores)  # [B, width]
+        logp = torch.where(done.unsqueeze(-1), finished_row, logp)  # [B, width, V]
 
-        candidates = (scores.unsqueeze(-1) + logp).view(batch, k * vocab)  # [B, K*V]
+        candidates = (scores.unsqueeze(-1) + logp).view(batch, width * vocab)  # [B, width*V]
+        if width * vocab < k:  # tiny vocabulary at step 0: pad with dead candidates
+            filler = candidates.new_full((batch, k - width * vocab), neg_inf)
+            candidates = torch.cat([candidates, filler], dim=1)
         scores, flat_idx = candidates.topk(k, dim=1)  # [B, K]
-        src = torch.div(flat_idx, vocab, rounding_mode="floor")  # [B, K] source beam
-        tokens = flat_idx % vocab  # [B, K]
+        # Filler candidates (index >= width*V) become dead beams of source 0 with token <pad>.
+        src = torch.div(flat_idx, vocab, rounding_mode="floor").clamp_(max=width - 1)  # [B, K]
+        tokens = torch.where(flat_idx < width * vocab, flat_idx % vocab, pad_id)  # [B, K]
 
-        rows = (batch_offset + src).view(-1)  # [B*K] rows of the previous step
-        state = tuple(s.index_select(0, rows) for s in state)
+        rows = (torch.arange(batch, device=device).unsqueeze(1) * width + src).view(-1)  # [B*K]
+        if t == 0:
+            feats = features.repeat_interleave(k, dim=0)  # [B*K, L, D]
+            state = tuple(s.index_select(0, rows) for s in new_state)
+            shared = [True] * len(state)
+        else:
+            state = tuple(s if sh else s.index_select(0, rows) for s, sh in zip(new_state, shared))
         prev_done = done.gather(1, src)  # [B, K]
         lengths = lengths.gather(1, src) + (~prev_done & (tokens != end_id)).long()
         finished = prev_done | (tokens == end_id)
 
         backpointers.append(src)
         step_tokens.append(tokens)
-        step_alphas.append(alpha.view(batch, k, num_cells).gather(1, _expand(src, num_cells)))
+        step_alphas.append(alpha.view(batch, width, num_cells).gather(1, _expand(src, num_cells)))
         inputs = tokens.view(-1)
+        width = k
         if bool((finished | torch.isinf(scores)).all()):
             break
 
