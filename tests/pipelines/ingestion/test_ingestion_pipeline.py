@@ -163,3 +163,9 @@ def test_gpu_environment_selects_flickr8k_and_keeps_the_other_keys():
     assert params["ingestion"]["validation"]["num_workers"] == 16
     assert params["ingestion"]["validation"]["check_size"] is True  # soft merge kept it
     assert params["ingestion"]["synthetic"]["num_images"] == 2000
+
+
+def test_pipeline_package_exposes_create_pipeline_for_find_pipelines():
+    import ica_captioning.pipelines.ingestion as package
+
+    assert package.create_pipeline().nodes  # find_pipelines looks in the package __init__

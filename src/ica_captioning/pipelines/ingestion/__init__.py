@@ -1,1 +1,5 @@
-"""The ingestion pipeline (see pipeline.py)."""
+"""The ingestion pipeline (see pipeline.py); ``find_pipelines`` reads ``create_pipeline`` here."""
+
+from ica_captioning.pipelines.ingestion.pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]
