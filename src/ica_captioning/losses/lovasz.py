@@ -19,22 +19,21 @@ import torch
 __all__ = ["jaccard_lovasz_weights", "lovasz_hinge"]
 
 
-def _as_float_targets(targets: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Validate a binary mask and return it as ``like``'s float dtype.
+def _as_bool_targets(targets: torch.Tensor) -> torch.Tensor:
+    """Validate a binary mask and return it as bool.
 
     Args:
         targets: ``[..., L]`` bool, integer or floating mask whose values are 0 or 1.
-        like: floating tensor whose dtype and device the result takes.
 
     Returns:
-        ``[..., L]`` float mask with values in {0., 1.}.
+        ``[..., L]`` bool mask.
 
     Raises:
         TypeError: complex targets.
         ValueError: values other than 0 and 1.
     """
     if targets.dtype == torch.bool:
-        return targets.to(dtype=like.dtype, device=like.device)
+        return targets
     if targets.is_complex():
         raise TypeError(f"targets must be a bool or 0/1 mask, got dtype {targets.dtype}")
     # Non-bool masks are accepted only if they are truly binary: a soft or 0/255 mask would
@@ -42,32 +41,44 @@ def _as_float_targets(targets: torch.Tensor, like: torch.Tensor) -> torch.Tensor
     if targets.numel() and not bool(((targets == 0) | (targets == 1)).all()):
         bad = targets[(targets != 0) & (targets != 1)].flatten()[:5].tolist()
         raise ValueError(f"targets must contain only 0 and 1 (or be bool); found values {bad}")
-    return targets.to(dtype=like.dtype, device=like.device)
+    return targets != 0
 
 
-def jaccard_lovasz_weights(gt_sorted: torch.Tensor) -> torch.Tensor:
+def jaccard_lovasz_weights(
+    gt_sorted: torch.Tensor, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """Differences of the Jaccard loss along a sorted order (Berman's ``lovasz_grad``, batched).
 
-    Row ``n``, position ``i`` holds ``ΔJ({π_1..π_i}) − ΔJ({π_1..π_{i−1}})`` where the cells are
-    taken in the order in which ``gt_sorted`` lists their ground truth. With ``p_i`` foreground
-    and ``q_i`` background cells among the first ``i``, and ``G`` foreground cells in total,
-    ``ΔJ = 1 − (G − p_i) / (G + q_i)``.
+    Row ``n``, position ``i`` (1-based) holds ``ΔJ({π_1..π_i}) − ΔJ({π_1..π_{i−1}})`` where the
+    cells are taken in the order in which ``gt_sorted`` lists their ground truth. With ``p_i``
+    foreground cells among the first ``i`` and ``G`` foreground cells in total, Berman's
+    ``1 − (G − p_i) / (G + (i − p_i))`` simplifies to::
 
-    ``G + q_i`` is never 0: either ``G ≥ 1``, or the mask is empty and every cell is background so
-    ``q_i = i ≥ 1``. An empty mask therefore gives weights ``[1, 0, …, 0]`` (any mistake costs the
-    whole Jaccard loss, ``ΔJ(∅) = 0`` and ``ΔJ(M) = 1`` for ``M ≠ ∅``), and no 0/0.
+        ΔJ({π_1..π_i}) = i / (G + i − p_i)
+
+    which needs one cumsum and one division, and whose denominator is ≥ ``i`` ≥ 1 because
+    ``p_i ≤ G``: no 0/0 even for an empty mask. An empty mask gives weights ``[1, 0, …, 0]``
+    (``ΔJ(M) = 1`` for every ``M ≠ ∅``); an all-foreground mask gives ``1/L`` everywhere.
 
     Args:
-        gt_sorted: ``[N, L]`` float mask (0./1.), each row permuted into the sort order.
+        gt_sorted: ``[N, L]`` bool or 0/1 float mask, each row permuted into the sort order.
+        dtype: floating dtype of the result; default ``gt_sorted``'s if floating, else float32.
 
     Returns:
-        ``[N, L]`` weights, same dtype; every row is non-negative and sums to ``ΔJ(all cells)``.
+        ``[N, L]`` weights; every row is non-negative and sums to ``ΔJ(all cells)`` (1 unless the
+        row has no cell).
     """
-    gts = gt_sorted.sum(dim=-1, keepdim=True)  # [N, 1]
-    intersection = gts - gt_sorted.cumsum(dim=-1)  # [N, L]
-    union = gts + (1.0 - gt_sorted).cumsum(dim=-1)  # [N, L], ≥ 1 everywhere (see above)
-    jaccard = 1.0 - intersection / union  # [N, L]
-    return torch.cat([jaccard[..., :1], jaccard[..., 1:] - jaccard[..., :-1]], dim=-1)
+    if dtype is None:
+        dtype = gt_sorted.dtype if gt_sorted.is_floating_point() else torch.float32
+    num_cells = gt_sorted.shape[-1]
+    fg_seen = gt_sorted.cumsum(dim=-1, dtype=dtype)  # [N, L]  p_i
+    fg_total = fg_seen[..., -1:]  # [N, 1]  G
+    rank = torch.arange(1, num_cells + 1, dtype=dtype, device=gt_sorted.device)  # [L]  i
+    jaccard = rank / (fg_total + (rank - fg_seen))  # [N, L]  ΔJ of each prefix
+    weights = torch.empty_like(jaccard)  # [N, L]
+    weights[..., :1] = jaccard[..., :1]
+    torch.sub(jaccard[..., 1:], jaccard[..., :-1], out=weights[..., 1:])
+    return weights
 
 
 def lovasz_hinge(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -88,7 +99,7 @@ def lovasz_hinge(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
     Raises:
         TypeError: non-floating scores or complex targets.
-        ValueError: scores not 2-D, shape mismatch, or non-binary targets.
+        ValueError: scores not 2-D, shape or device mismatch, or non-binary targets.
     """
     if not torch.is_tensor(scores) or not torch.is_tensor(targets):
         raise TypeError("scores and targets must be torch tensors")
@@ -101,20 +112,23 @@ def lovasz_hinge(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
             f"targets shape {tuple(targets.shape)} does not match scores shape "
             f"{tuple(scores.shape)}"
         )
+    if targets.device != scores.device:
+        raise ValueError(f"targets are on {targets.device} but scores on {scores.device}")
     if scores.dtype != torch.float64:
         # bf16 has 8 mantissa bits: ties and cumulative counts would be wrong in it.
         scores = scores.float()
-    gt = _as_float_targets(targets, scores)  # [N, L]
+    gt = _as_bool_targets(targets)  # [N, L]
     if scores.shape[-1] == 0:
         # No cells: nothing can be mispredicted. Keep the graph for the caller's backward().
         return scores.sum(dim=-1) * 0.0
 
-    signs = 2.0 * gt - 1.0  # [N, L], +1 foreground / −1 background
-    errors = 1.0 - scores * signs  # [N, L] hinge errors before relu
+    signs = torch.where(gt, 1.0, -1.0).to(scores.dtype)  # [N, L], +1 fg / −1 bg
+    errors = torch.addcmul(scores.new_ones(()), scores, signs, value=-1.0)  # [N, L] 1 − s·sign
     # One sort for all pairs. Sorting the raw errors orders relu(errors) the same way (relu is
     # monotone); cells with negative errors contribute 0 whatever their order.
     errors_sorted, perm = torch.sort(errors, dim=-1, descending=True)  # [N, L], [N, L]
     with torch.no_grad():
         # The weights are piecewise constant in the scores: no gradient flows through them.
-        weights = jaccard_lovasz_weights(gt.gather(-1, perm))  # [N, L]
+        weights = jaccard_lovasz_weights(gt.gather(-1, perm), scores.dtype)  # [N, L]
+    # Elementwise product + sum rather than a dot/vecdot: autocast would run a dot in bf16.
     return (torch.relu(errors_sorted) * weights).sum(dim=-1)  # [N]
