@@ -388,7 +388,13 @@ def make_captions(
 
     templates = [
         lambda: full_listing(),
-        lambda: f"there {'is' if n == 1 else 'are'} {full_listing()} on a {bg} background",
+        lambda: (
+            # The verb agrees with the first item, as in "there is a star and two rings".
+            lambda text: (
+                f"there {'are' if text.split()[0] in NUMBER_WORDS.values() else 'is'} "
+                f"{text} on a {bg} background"
+            )
+        )(full_listing()),
         lambda: f"{p.pick(('a picture of', 'an image of', 'a drawing of'))} {full_listing()}",
         lambda: f"a {bg} background with {full_listing()}",
         lambda: (
