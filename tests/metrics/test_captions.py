@@ -1,0 +1,152 @@
+import math
+
+import numpy as np
+import pytest
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+from ica_captioning.metrics import captions as cm
+
+REFERENCES = {
+    1: [
+        "A red circle is to the left of two blue squares.",
+        "Two blue squares and a red circle.",
+        "There's a red disc next to two blocks.",
+    ],
+    2: ["A yellow star above a green heart.", "A star and a heart, on a white background!"],
+    3: ["Three purple triangles.", "Some purple triangles in a row."],
+}
+CANDIDATES = {1: "a red circle left of two blue squares", 2: "a yellow star", 3: "purple triangles"}
+
+needs_java = pytest.mark.skipif(
+    cm.java_major_version() is None, reason="java is not installed on this machine"
+)
+
+
+def coco_reference_scores(meteor):
+    """Scores computed the coco-caption way: PTBTokenizer then each scorer."""
+    tok = PTBTokenizer()
+    gts = tok.tokenize({k: [{"caption": c} for c in v] for k, v in REFERENCES.items()})
+    res = tok.tokenize({k: [{"caption": c}] for k, c in CANDIDATES.items()})
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    met, _ = meteor.compute_score(gts, res)
+    return {
+        "BLEU-1": bleu[0],
+        "BLEU-2": bleu[1],
+        "BLEU-3": bleu[2],
+        "BLEU-4": bleu[3],
+        "METEOR": met,
+        "ROUGE-L": Rouge().compute_score(gts, res)[0],
+        "CIDEr": Cider().compute_score(gts, res)[0],
+    }
+
+
+@needs_java
+def test_ptb_tokenize_matches_pycocoevalcap():
+    ours, status = cm.ptb_tokenize(REFERENCES)
+    theirs = PTBTokenizer().tokenize(
+        {k: [{"caption": c} for c in v] for k, v in REFERENCES.items()}
+    )
+    assert status == "ptb"
+    assert ours == theirs
+    assert ours[1][2] == "there 's a red disc next to two blocks"
+
+
+@pytest.mark.slow
+@needs_java
+def test_caption_metrics_equal_pycocoevalcap_scorers():
+    meteor = Meteor()  # one JVM (~10 s to load its paraphrase table) shared by both sides
+    expected = coco_reference_scores(meteor)
+    with cm.CaptionScorer(spice=False) as scorer:
+        scorer._meteor_scorer = meteor
+        table = scorer.score(REFERENCES, CANDIDATES)
+    assert meteor.meteor_p.poll() is not None  # close() stopped the JVM
+    assert list(table["metric"]) == list(cm.CAPTION_METRICS)
+    got = dict(zip(table["metric"], table["value"]))
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, abs=1e-9), name
+    # Sanity of the example itself: a partial match, so the scores are strictly inside (0, 1).
+    assert 0 < got["BLEU-1"] < 1 and 0 < got["CIDEr"]
+    spice = table.set_index("metric").loc["SPICE"]
+    assert math.isnan(spice["value"]) and spice["status"] == "disabled"
+
+
+def test_bleu_rouge_cider_without_meteor_against_scorers():
+    scorer = cm.CaptionScorer(spice=False, meteor=False)
+    gts = {k: [c.lower().rstrip(".!") for c in v] for k, v in REFERENCES.items()}
+    res = {k: [c] for k, c in CANDIDATES.items()}
+    table = scorer.score_tokenized(gts, res).set_index("metric")
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    assert table.loc["BLEU-4", "value"] == pytest.approx(bleu[3])
+    assert table.loc["CIDEr", "value"] == pytest.approx(Cider().compute_score(gts, res)[0])
+    assert table.loc["ROUGE-L", "value"] == pytest.approx(Rouge().compute_score(gts, res)[0])
+    assert table.loc["METEOR", "status"] == "disabled"
+
+
+def test_hand_computed_bleu1_on_exact_match():
+    # Identical candidate and reference: every n-gram precision is 1 and no brevity penalty.
+    scorer = cm.CaptionScorer(spice=False, meteor=False)
+    table = scorer.score_tokenized(
+        {1: ["a red circle and a blue square"]}, {1: ["a red circle and a blue square"]}
+    ).set_index("metric")
+    assert table.loc["BLEU-1", "value"] == pytest.approx(1.0)
+    assert table.loc["BLEU-4", "value"] == pytest.approx(1.0)
+    assert table.loc["ROUGE-L", "value"] == pytest.approx(1.0)
+
+
+def test_spice_unavailable_when_corenlp_jars_missing(tmp_path):
+    (tmp_path / "spice-1.0.jar").write_bytes(b"")
+    (tmp_path / "lib").mkdir()
+    avail = cm.spice_availability(tmp_path)
+    assert not avail.available
+    assert "stanford-corenlp-3.6.0.jar" in avail.reason and "download" in avail.reason
+
+
+def test_spice_unavailable_on_new_java(tmp_path, monkeypatch):
+    for name in ("spice-1.0.jar", "lib/stanford-corenlp-3.6.0.jar"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "lib/stanford-corenlp-3.6.0-models.jar").write_bytes(b"")
+    monkeypatch.setattr(cm, "java_major_version", lambda: 17)
+    avail = cm.spice_availability(tmp_path)
+    assert not avail.available and "Java 17" in avail.reason
+    monkeypatch.setattr(cm, "java_major_version", lambda: 8)
+    assert cm.spice_availability(tmp_path).available
+
+
+def test_spice_row_reports_reason_and_rest_is_complete(monkeypatch):
+    monkeypatch.setattr(
+        cm, "spice_availability", lambda spice_dir=None: cm.Availability(False, "jars missing")
+    )
+    scorer = cm.CaptionScorer(spice=True, meteor=False)
+    table = scorer.score_tokenized({1: ["a red circle"]}, {1: ["a red circle"]}).set_index("metric")
+    assert math.isnan(table.loc["SPICE", "value"])
+    assert table.loc["SPICE", "status"] == "unavailable"
+    assert table.loc["SPICE", "reason"] == "jars missing"
+    assert np.isfinite(table.drop(index=["SPICE", "METEOR"])["value"]).all()
+
+
+def test_without_java_metrics_degrade_with_reasons(monkeypatch):
+    monkeypatch.setattr(cm, "java_major_version", lambda: None)
+    table = cm.caption_metrics(REFERENCES, CANDIDATES).set_index("metric")
+    assert table.loc["METEOR", "status"].startswith("unavailable")
+    assert "java not found" in table.loc["METEOR", "reason"]
+    assert table.loc["SPICE", "status"].startswith("unavailable")
+    assert "tokenizer=python-approximation" in table.loc["BLEU-4", "status"]
+    assert np.isfinite(table.loc[["BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr"], "value"]).all()
+
+
+def test_python_tokenizer_approximation():
+    assert cm._python_ptb_approximation("There's a Red disc, left!") == "there 's a red disc left"
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="same images"):
+        cm.caption_metrics({1: ["a"]}, {2: "a"}, meteor=False, spice=False)
+    with pytest.raises(ValueError, match="without reference"):
+        cm.caption_metrics({1: []}, {1: "a"}, meteor=False, spice=False)
+    with pytest.raises(ValueError, match="no captions"):
+        cm.caption_metrics({}, {}, meteor=False, spice=False)
