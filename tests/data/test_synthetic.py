@@ -215,6 +215,10 @@ def test_up_to_date_check(tmp_path):
     (tmp_path / "images" / "000004.png").unlink()
     assert not is_up_to_date(tmp_path, config)
     assert json.loads((tmp_path / MANIFEST_FILE).read_text())["config"] == config
+    (tmp_path / "images" / "notes.txt").write_text("mine")
+    generate_dataset(tmp_path, num_images=6, image_size=48, seed=1)  # smaller: stale files go
+    names = sorted(p.name for p in (tmp_path / "images").iterdir())
+    assert names == [f"{i:06d}.png" for i in range(1, 7)] + ["notes.txt"]
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ import logging
 import math
 import multiprocessing
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -655,6 +656,13 @@ def generate_dataset(
     files = dataset_files(out_dir)
     files["images_dir"].mkdir(parents=True, exist_ok=True)
     files["captions"]["train"].parent.mkdir(parents=True, exist_ok=True)
+    # A previous, larger generation leaves images that no annotation lists: remove them (only
+    # files named as this generator names them).
+    stale = re.compile(r"^(\d{6})\.(png|jpg)$")
+    for path in files["images_dir"].iterdir():
+        match = stale.match(path.name)
+        if match and (int(match.group(1)) > num_images or match.group(2) != image_format):
+            path.unlink()
     jobs = [
         (
             i,
