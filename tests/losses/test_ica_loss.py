@@ -178,6 +178,12 @@ def test_log_mapping_uses_additive_smoothing():
     expected = torch.log(3 * alpha + 1e-6)
     torch.testing.assert_close(attention_to_scores(alpha, "log"), expected)
     assert torch.isfinite(attention_to_scores(alpha, "log")).all()
+    # Gradient at exactly-zero weight is kept (no clamp there): d/dα log(Lα + ε) = L / ε.
+    zero = torch.zeros(1, 4, dtype=torch.float64, requires_grad=True)
+    attention_to_scores(zero, "log").sum().backward()
+    torch.testing.assert_close(zero.grad, torch.full((1, 4), 4 / 1e-6, dtype=torch.float64))
+    # Invalid negative weights still give finite scores.
+    assert torch.isfinite(attention_to_scores(torch.tensor([[-0.5, 1.5]]), "log")).all()
     torch.testing.assert_close(attention_to_scores(alpha, "scaled"), 6 * alpha - 1)
     torch.testing.assert_close(attention_to_scores(alpha, "identity"), alpha)
 

@@ -37,7 +37,8 @@ def attention_to_scores(
     - ``"log"``: ``log(L·α + log_eps)``. Uniform attention → ≈ 0 (decision boundary); a cell needs
       ``α ≥ e/L`` for a full foreground margin and ``α ≤ 1/(e·L)`` for a full background margin.
       ``log_eps`` is added rather than clamping ``α``: a clamp would give zero gradient to exactly
-      the masked cells that attention ignores; the sum keeps scores ≥ ``log(log_eps)`` (finite).
+      the masked cells that attention ignores; the sum keeps scores ≥ ``log(log_eps)`` (finite)
+      for ``α ≥ 0``.
     - ``"identity"``: ``α`` itself (kept for ablations; its gradient vanishes, see module doc).
 
     Args:
@@ -57,7 +58,9 @@ def attention_to_scores(
     if mapping == "log":
         if not log_eps > 0:
             raise ValueError(f"log_eps must be > 0 for the 'log' mapping, got {log_eps}")
-        return torch.log(num_cells * attention + log_eps)
+        # The clamp is inactive for α ≥ 0 (argument ≥ log_eps); it only keeps invalid negative
+        # weights from producing NaN.
+        return torch.log(torch.clamp(num_cells * attention + log_eps, min=0.5 * log_eps))
     if mapping == "identity":
         return attention
     raise ValueError(f"unknown mapping {mapping!r}; expected one of {MAPPINGS}")
