@@ -52,6 +52,7 @@ def make_backend(
             min_size=int(tv.get("min_size", 800)),
             max_size=int(tv.get("max_size", 1333)),
             categories=tv.get("categories"),
+            options=dict(tv.get("options") or {}),
             **common,
         )
     if name == "detectron2":

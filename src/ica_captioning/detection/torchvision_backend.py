@@ -132,6 +132,7 @@ class TorchvisionBackend(DetectorBackend):
         min_size: shorter side the model resizes images to (torchvision default 800).
         max_size: cap on the longer side (torchvision default 1333).
         categories: label names (index = label id) for a local file with other classes.
+        options: more ``MaskRCNN`` keyword arguments (e.g. ``rpn_post_nms_top_n_test``).
     """
 
     name = "torchvision"
@@ -148,6 +149,7 @@ class TorchvisionBackend(DetectorBackend):
         min_size: int = 800,
         max_size: int = 1333,
         categories: Sequence[str] | None = None,
+        options: dict[str, Any] | None = None,
     ) -> None:
         if model not in ARCHITECTURES:
             raise DetectionConfigError(
@@ -170,6 +172,7 @@ class TorchvisionBackend(DetectorBackend):
             "max_size": int(max_size),
             "box_score_thresh": self.score_threshold,
             "box_detections_per_img": self.max_detections,
+            **(options or {}),
         }
         self._options = options
         enum_cls = ARCHITECTURES[model]
@@ -241,7 +244,7 @@ class TorchvisionBackend(DetectorBackend):
                 continue
             kept.append(rec)
             # [H, W, 3] uint8 -> [3, H, W] float in [0, 1]; the model normalises itself.
-            tensors.append(torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255.0))
+            tensors.append(torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255.0))
         if not kept:
             return [], quarantine
         outputs = self.net([t.to(self.device) for t in tensors])

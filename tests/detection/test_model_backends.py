@@ -1,0 +1,184 @@
+"""torchvision end to end on CPU with test-made weights; detectron2 absent; image checks."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from coco_toys import SIZES
+
+from ica_captioning.detection import (
+    DetectionConfigError,
+    decode_masks,
+    image_records,
+    make_backend,
+    merge_shards,
+    run_sharded,
+)
+from ica_captioning.detection.detectron2_backend import Detectron2Backend, Detectron2Unavailable
+from ica_captioning.detection.images import load_rgb
+from ica_captioning.detection.torchvision_backend import TorchvisionBackend, coco_categories
+
+INSTALL = (
+    "pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'"
+)
+
+
+def test_image_checks(toy):
+    recs = image_records(toy.images, toy.root)
+    pixels, bad = load_rgb(recs[0])
+    assert bad is None and pixels.shape == (32, 48, 3) and pixels.dtype == np.uint8
+    (toy.root / "images" / "000002.png").write_bytes(b"\x89PNG not really")
+    _, bad = load_rgb(recs[1])
+    assert bad["image_id"] == 2 and bad["reason"].startswith("image fails to decode")
+    assert bad["source"] == "detection" and bad["file"].endswith("000002.png")
+    (toy.root / "images" / "000003.png").unlink()
+    assert load_rgb(recs[2])[1]["reason"] == "image file not found"
+    wrong = recs[0].__class__(1, "x", recs[0].path, 47, 32)
+    assert "48x32 (WxH) but the images table says 47x32" in load_rgb(wrong)[1]["reason"]
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    """A randomly initialised torchvision Mask R-CNN, saved as a user's state_dict file."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    torch.manual_seed(0)
+    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+    path = tmp_path_factory.mktemp("weights") / "maskrcnn_random.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+# Small images, few proposals: random weights give near-uniform scores, and without these limits
+# NMS over ~90k boxes dominates the CPU time.
+OPTIONS = {"rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 20}
+TV = {"min_size": 64, "max_size": 96, "options": OPTIONS}
+
+
+@pytest.mark.slow
+def test_torchvision_end_to_end_on_cpu(toy, tmp_path, weights_file, caplog):
+    params = {
+        "backend": "torchvision",
+        "weights": str(weights_file),
+        "device": "cpu",
+        "score_threshold": 0.0,  # random weights: keep whatever comes out
+        "max_detections": 5,
+        "batch_size": 2,
+        "torchvision": TV,
+    }
+    backend = make_backend(params, {}, toy.images)
+    assert isinstance(backend, TorchvisionBackend) and backend.categories == coco_categories()
+    # Image 3 is broken: quarantined, the others are detected.
+    (toy.root / "images" / "000003.png").write_bytes(b"junk")
+    records = image_records(toy.images, toy.root)
+    report = run_sharded(backend, records, tmp_path / "s", shard_size=2, progress=False)
+    detections, quarantine = merge_shards(report["run_dir"].iat[0], records, 2)
+    assert quarantine["image_id"].tolist() == [3]
+    assert set(detections["image_id"]) == {1, 2}
+    assert (detections["status"] == "ok").any()  # the comparison below is not vacuous
+
+    # Independent reference: the same weights through torchvision's own builder, on the same
+    # batch (images 1 and 2 form the first batch of the first shard).
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    ref = maskrcnn_resnet50_fpn(
+        weights=None,
+        weights_backbone=None,
+        box_score_thresh=0.0,
+        box_detections_per_img=5,
+        min_size=64,
+        max_size=96,
+        **OPTIONS,
+    )
+    ref.load_state_dict(torch.load(weights_file, weights_only=True))
+    ref.eval()
+    pixels = [load_rgb(r)[0] for r in records[:2]]
+    with torch.inference_mode():
+        outs = ref([torch.from_numpy(p.copy()).permute(2, 0, 1).float() / 255 for p in pixels])
+    cats = coco_categories()
+    for iid, out in zip((1, 2), outs):
+        h, w = SIZES[iid]
+        names = [cats[i] for i in out["labels"].tolist()]
+        keep = [k for k, n in enumerate(names) if n != "N/A"]
+        rows = detections[detections["image_id"] == iid]
+        if not keep:
+            assert rows["status"].tolist() == ["no_detections"]
+            continue
+        assert rows["class_name"].tolist() == [names[k] for k in keep]
+        assert rows["instance_id"].tolist() == list(range(len(keep)))
+        np.testing.assert_allclose(rows["score"], out["scores"][keep].numpy(), rtol=1e-4)
+        np.testing.assert_allclose(np.stack(rows["box"]), out["boxes"][keep].numpy(), atol=1e-3)
+        dense = decode_masks(rows["rle_counts"].tolist(), h, w)
+        expected = (out["masks"][keep, 0] >= 0.5).numpy()
+        assert dense.shape == (len(keep), h, w)
+        # Masks equal up to pixels whose probability is within float noise of the threshold.
+        near = np.abs(out["masks"][keep, 0].numpy() - 0.5) < 1e-4
+        assert ((dense.astype(bool) != expected) & ~near).sum() == 0
+        assert (rows["height"] == h).all() and (rows["width"] == w).all()
+    assert isinstance(detections["rle_counts"].dropna().iat[0], str)
+
+
+@pytest.mark.slow
+def test_torchvision_loads_training_checkpoints_and_rejects_bad_files(tmp_path, weights_file):
+    state = torch.load(weights_file, weights_only=True)
+    ckpt = tmp_path / "ckpt.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, ckpt)
+    TorchvisionBackend(ckpt)  # DDP prefix and the {"model": ...} wrapper are handled
+    broken = tmp_path / "broken.pth"
+    torch.save({k: v for k, v in state.items() if "mask_head" not in k}, broken)
+    with pytest.raises(DetectionConfigError, match="does not fit maskrcnn_resnet50_fpn"):
+        TorchvisionBackend(broken)
+    with pytest.raises(DetectionConfigError, match="category names"):
+        TorchvisionBackend(weights_file, categories=["a", "b"])
+
+
+def test_torchvision_configuration_errors(tmp_path):
+    with pytest.raises(DetectionConfigError, match="detection.weights is not set"):
+        TorchvisionBackend(None)
+    with pytest.raises(FileNotFoundError, match="neither an existing file nor one of"):
+        TorchvisionBackend(tmp_path / "missing.pth")
+    with pytest.raises(DetectionConfigError, match="is not one of"):
+        TorchvisionBackend("DEFAULT", model="maskrcnn_resnet152")
+    junk = tmp_path / "junk.pth"
+    torch.save({"a": torch.zeros(1)}, junk)
+    with pytest.raises(DetectionConfigError, match="not a Mask R-CNN state dict"):
+        TorchvisionBackend(junk)
+    if not torch.cuda.is_available():
+        with pytest.raises(DetectionConfigError, match="CUDA is not available"):
+            TorchvisionBackend(junk, device="cuda")
+
+
+def test_detectron2_absent_fails_at_once_with_install_command(monkeypatch, toy):
+    # None in sys.modules makes `import detectron2` raise ImportError even where it is installed.
+    monkeypatch.setitem(sys.modules, "detectron2", None)
+    with pytest.raises(Detectron2Unavailable) as err:
+        Detectron2Backend(weights=None)
+    assert INSTALL in str(err.value)
+    with pytest.raises(ImportError, match="pip install --no-build-isolation"):
+        make_backend({"backend": "detectron2", "device": "cpu"}, {}, toy.images)
+
+
+def test_detectron2_real_if_installed(toy, tmp_path):
+    """Runs only where detectron2 is installed: random weights through the same loading path."""
+    pytest.importorskip("detectron2")
+    from detectron2 import model_zoo
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    config = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"
+    cfg = get_cfg()
+    cfg.merge_from_file(model_zoo.get_config_file(config))
+    cfg.MODEL.DEVICE = "cpu"
+    DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("random")
+    backend = Detectron2Backend(
+        tmp_path / "random.pth", config=config, device="cpu", score_threshold=0.0
+    )
+    records = image_records(toy.images, toy.root)
+    results, bad = backend.detect(records)
+    assert bad == [] and [r.image_id for r in results] == [1, 2, 3]
+    for r in results:
+        assert decode_masks(r.rle_counts, r.height, r.width).shape[1:] == (r.height, r.width)
