@@ -334,6 +334,8 @@ def test_cuda_matches_cpu():
         ({"attention": torch.ones(2, 2, 4, 5)}, ValueError, "must be \\[B, T, L\\]"),
         ({"attention": torch.ones(2, 0, 3, 5)}, ValueError, "no heads"),
         ({"mapping": "log", "log_eps": 0.0}, ValueError, "log_eps"),
+        ({"attention": torch.ones(2, 3, 0), "targets": torch.ones(2, 3, 0)}, ValueError, "L = 0"),
+        ({"attention": torch.tensor(0.5)}, ValueError, r"\[N, L\]"),
     ],
 )
 def test_bad_input_raises(kwargs, error, match):

@@ -135,7 +135,7 @@ def ica_loss(
 
     Raises:
         TypeError: non-floating attention, non-bool ``valid``.
-        ValueError: unsupported rank, shape mismatch, non-binary targets, unknown mapping or
+        ValueError: unsupported rank, L = 0, shape mismatch, non-binary targets, unknown mapping or
             head reduction, 4-D targets that differ across heads with ``"mean"``/``"max"``.
     """
     if not torch.is_tensor(attention) or not torch.is_tensor(targets):
@@ -149,6 +149,14 @@ def ica_loss(
             f"unknown head_reduction {head_reduction!r}; expected one of {HEAD_REDUCTIONS}"
         )
 
+    if attention.dim() not in (2, 3, 4):
+        raise ValueError(
+            "attention must be [N, L], [B, T, L] or [B, H, T, L]; got shape "
+            f"{tuple(attention.shape)}"
+        )
+    if attention.shape[-1] == 0:
+        raise ValueError(f"attention {tuple(attention.shape)} has no cells (L = 0)")
+
     heads = 1
     if attention.dim() in (2, 3):
         if targets.shape != attention.shape:
@@ -161,7 +169,7 @@ def ica_loss(
         att = attention if valid is None else attention[valid]
         tgt = targets if valid is None else targets[valid]
         att, tgt = att.reshape(-1, attention.shape[-1]), tgt.reshape(-1, attention.shape[-1])
-    elif attention.dim() == 4:
+    else:  # [B, H, T, L]
         b, heads, t, num_cells = attention.shape
         if heads == 0:
             raise ValueError(f"multi-head attention {tuple(attention.shape)} has no heads (H = 0)")
@@ -198,11 +206,6 @@ def ica_loss(
             att = att.float() if att.dtype != torch.float64 else att
             att = att.mean(dim=1) if head_reduction == "mean" else att.amax(dim=1)  # [N, L]
             heads = 1
-    else:
-        raise ValueError(
-            "attention must be [N, L], [B, T, L] or [B, H, T, L]; got shape "
-            f"{tuple(attention.shape)}"
-        )
 
     num_pairs = att.shape[0] // heads
     if num_pairs == 0:
