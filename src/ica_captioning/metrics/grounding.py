@@ -1,0 +1,259 @@
+"""Grounding metrics: does a word's attention map land on the object the word names?
+
+For a word naming an object present in the image, with attention ``alpha`` (``[L]``, sums to 1
+over the ``L = G²`` cells of the encoder grid) and the object's binary ``G × G`` mask ``m``
+(all instances of the class merged, the paper's pseudo-label construction):
+
+* **attention correctness** (Liu et al. 2017, "Attention correctness in neural image captioning"):
+  ``AC = Σ_l alpha_l m_l / Σ_l alpha_l``, the attention mass inside the mask. Uniform attention
+  scores ``|m| / L`` (reported as ``attention_correctness_chance``).
+* **top-k IoU**: the ``k = |m|`` most attended cells (as many as the mask has; ties broken by cell
+  order) against the mask. 1 iff the mask is exactly the top-``|m|`` cells.
+* **mass-50 IoU**: the fewest most-attended cells holding at least 50 % of the attention mass
+  against the mask (how concentrated the attention is, and where).
+
+These are computed for generated captions (beam-search attention) and reference captions
+(teacher-forced attention), against the pseudo-labels (detector masks, what the ICA loss trains
+on) and against ground-truth instance masks where the dataset has them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ica_captioning.matching.grid import unpack_grid
+from ica_captioning.matching.lexicon import Lexicon, default_lexicon
+
+#: Per-word metric columns, in report order.
+WORD_METRICS = (
+    "attention_correctness",
+    "attention_correctness_chance",
+    "attention_iou_topk",
+    "attention_iou_mass50",
+)
+
+
+def _check(alphas: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    alphas = np.asarray(alphas, dtype=np.float64)
+    masks = np.asarray(masks).astype(bool)
+    if alphas.ndim != 2 or alphas.shape != masks.shape:
+        raise ValueError(
+            f"alphas and masks must both be [N, L]; got {alphas.shape} and {masks.shape}"
+        )
+    if (alphas < 0).any():
+        raise ValueError("attention weights must be non-negative")
+    empty = ~masks.any(axis=1)
+    if empty.any():
+        raise ValueError(f"{int(empty.sum())} mask(s) have no cell; grounding needs an object")
+    return alphas, masks
+
+
+def attention_correctness(alphas: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Attention mass inside the mask.
+
+    Args:
+        alphas: ``[N, L]`` non-negative attention (normalised here, so sums need not be 1).
+        masks: ``[N, L]`` binary masks, each with at least one cell.
+
+    Returns:
+        ``[N]`` values in ``[0, 1]``.
+    """
+    alphas, masks = _check(alphas, masks)
+    total = alphas.sum(axis=1)
+    inside = (alphas * masks).sum(axis=1)
+    return np.divide(inside, total, out=np.zeros_like(total), where=total > 0)
+
+
+def _iou(selected: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    inter = (selected & masks).sum(axis=1)
+    union = (selected | masks).sum(axis=1)
+    return inter / union
+
+
+def _descending_order(alphas: np.ndarray) -> np.ndarray:
+    """``[N, L]`` cell indices by decreasing attention (stable: ties keep cell order)."""
+    return np.argsort(-alphas, axis=1, kind="stable")
+
+
+def topk_iou(alphas: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """IoU between the ``|mask|`` most attended cells and the mask.
+
+    Args:
+        alphas: ``[N, L]`` attention.
+        masks: ``[N, L]`` binary masks.
+
+    Returns:
+        ``[N]`` IoU values.
+    """
+    alphas, masks = _check(alphas, masks)
+    n, num_cells = alphas.shape
+    order = _descending_order(alphas)  # [N, L]
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(num_cells)[None].repeat(n, 0), axis=1)
+    selected = rank < masks.sum(axis=1, keepdims=True)  # [N, L]
+    return _iou(selected, masks)
+
+
+def mass_iou(alphas: np.ndarray, masks: np.ndarray, mass: float = 0.5) -> np.ndarray:
+    """IoU between the fewest top-attended cells holding ``>= mass`` of attention and the mask.
+
+    Args:
+        alphas: ``[N, L]`` attention.
+        masks: ``[N, L]`` binary masks.
+        mass: fraction of the attention mass to cover, in ``(0, 1]``.
+
+    Returns:
+        ``[N]`` IoU values.
+    """
+    if not 0.0 < mass <= 1.0:
+        raise ValueError(f"mass must be in (0, 1], got {mass}")
+    alphas, masks = _check(alphas, masks)
+    total = alphas.sum(axis=1, keepdims=True)
+    probs = np.divide(
+        alphas, total, out=np.full_like(alphas, 1.0 / alphas.shape[1]), where=total > 0
+    )
+    order = _descending_order(probs)
+    sorted_p = np.take_along_axis(probs, order, axis=1)
+    before = np.cumsum(sorted_p, axis=1) - sorted_p  # mass strictly before each sorted cell
+    # A cell is taken while the mass gathered before it is still short of the target. The
+    # tolerance keeps float round-off from adding a cell when the target is reached exactly.
+    take_sorted = before < mass - 1e-12
+    selected = np.zeros_like(masks)
+    np.put_along_axis(selected, order, take_sorted, axis=1)
+    return _iou(selected, masks)
+
+
+def word_scores(alphas: np.ndarray, masks: np.ndarray, mass: float = 0.5) -> pd.DataFrame:
+    """All per-word grounding metrics.
+
+    Args:
+        alphas: ``[N, L]`` attention maps of the words.
+        masks: ``[N, L]`` binary masks of the objects they name.
+        mass: attention-mass target of ``attention_iou_mass50``.
+
+    Returns:
+        ``N`` rows with the columns of :data:`WORD_METRICS` and ``mask_cells``.
+    """
+    alphas, masks = _check(alphas, masks)
+    return pd.DataFrame(
+        {
+            "attention_correctness": attention_correctness(alphas, masks),
+            "attention_correctness_chance": masks.sum(axis=1) / masks.shape[1],
+            "attention_iou_topk": topk_iou(alphas, masks),
+            "attention_iou_mass50": mass_iou(alphas, masks, mass),
+            "mask_cells": masks.sum(axis=1).astype(np.int64),
+        }
+    )
+
+
+def _as_tokens(tokens: Any) -> list[str]:
+    return list(tokens.tolist() if isinstance(tokens, np.ndarray) else tokens)
+
+
+def mention_pairs(
+    captions: pd.DataFrame,
+    object_grids: pd.DataFrame,
+    lexicon: Lexicon | None = None,
+) -> pd.DataFrame:
+    """The words of each caption that name an object of its image that has a mask.
+
+    Args:
+        captions: ``caption_key``, ``image_id``, ``tokens`` (list of words).
+        object_grids: ``image_id``, ``class_name``, ``grid_size``, ``grid`` (packed bytes) —
+            one row per object class present in the image.
+        lexicon: words -> classes (default: the package lexicon).
+
+    Returns:
+        ``caption_key``, ``image_id``, ``token_position``, ``class_name``, ``grid_size``,
+        ``grid``: one row per mention of a present class.
+    """
+    lexicon = lexicon or default_lexicon()
+    present: dict[int, set[str]] = {}
+    for iid, cname in zip(object_grids["image_id"], object_grids["class_name"]):
+        present.setdefault(int(iid), set()).add(cname)
+    rows: list[tuple[Any, int, int, str]] = []
+    for key, iid, toks in zip(captions["caption_key"], captions["image_id"], captions["tokens"]):
+        classes = present.get(int(iid))
+        if not classes:
+            continue
+        rows += [(key, int(iid), pos, c) for pos, c in lexicon.match(_as_tokens(toks), classes)]
+    pairs = pd.DataFrame(rows, columns=["caption_key", "image_id", "token_position", "class_name"])
+    grids = object_grids[["image_id", "class_name", "grid_size", "grid"]].drop_duplicates(
+        ["image_id", "class_name"]
+    )
+    return pairs.merge(grids, on=["image_id", "class_name"], how="left", validate="m:1")
+
+
+def pair_scores(
+    pairs: pd.DataFrame,
+    attention: Mapping[Any, np.ndarray],
+    mass: float = 0.5,
+) -> pd.DataFrame:
+    """Per-word grounding metrics of mention pairs.
+
+    Args:
+        pairs: ``caption_key``, ``token_position``, ``grid_size``, ``grid`` (packed ``G × G``).
+        attention: caption key -> ``[n, L]`` attention maps of its ``n`` words.
+        mass: see :func:`mass_iou`.
+
+    Returns:
+        ``pairs`` (without ``grid``) plus the :data:`WORD_METRICS` columns and ``mask_cells``.
+
+    Raises:
+        ValueError: a pair points past its caption, or the mask grid size does not match ``L``.
+    """
+    out = pairs.drop(columns=["grid"]).reset_index(drop=True)
+    if pairs.empty:
+        for col in (*WORD_METRICS, "mask_cells"):
+            out[col] = pd.Series(dtype="int64" if col == "mask_cells" else "float64")
+        return out
+    alphas, masks = [], []
+    for key, pos, g, grid in zip(
+        pairs["caption_key"], pairs["token_position"], pairs["grid_size"], pairs["grid"]
+    ):
+        maps = np.asarray(attention[key])
+        if not 0 <= int(pos) < maps.shape[0]:
+            raise ValueError(
+                f"caption {key}: token_position {pos} but only {maps.shape[0]} attention maps"
+            )
+        if int(g) * int(g) != maps.shape[1]:
+            raise ValueError(
+                f"caption {key}: mask grid {g}x{g} does not match {maps.shape[1]} attention cells"
+            )
+        alphas.append(maps[int(pos)])
+        masks.append(unpack_grid(grid, int(g)).reshape(-1))
+    scores = word_scores(np.stack(alphas), np.stack(masks), mass)  # [N] each
+    return pd.concat([out, scores], axis=1)
+
+
+def summarize(word_table: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
+    """Mean of each per-word metric (long format), with the number of words.
+
+    Args:
+        word_table: output of :func:`pair_scores` plus any grouping columns.
+        by: grouping columns kept in the output.
+
+    Returns:
+        ``*by``, ``metric``, ``value``, ``count`` (NaN value and count 0 when no word matched).
+    """
+    by = list(by)
+    if word_table.empty:
+        keys: Iterable[tuple] = [()]
+        return pd.DataFrame(
+            [
+                {**dict(zip(by, k)), "metric": m, "value": np.nan, "count": 0}
+                for k in keys
+                for m in WORD_METRICS
+            ],
+            columns=[*by, "metric", "value", "count"],
+        )
+    long = word_table.melt(
+        id_vars=by, value_vars=list(WORD_METRICS), var_name="metric", value_name="value"
+    )
+    grouped = long.groupby([*by, "metric"], sort=False)["value"]
+    out = grouped.agg(["mean", "size"]).reset_index()
+    return out.rename(columns={"mean": "value", "size": "count"})
