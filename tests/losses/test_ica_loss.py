@@ -138,6 +138,40 @@ def test_no_valid_pair_gives_zero_with_graph(shape):
     assert attention.grad is not None and torch.equal(attention.grad, torch.zeros(shape))
 
 
+@pytest.mark.parametrize("heads", [None, 3])
+def test_sum_and_none_reductions(heads):
+    rng = np.random.default_rng(7)
+    shape = (3, 4, 10) if heads is None else (3, heads, 4, 10)
+    alpha = torch.from_numpy(_softmax(rng.normal(size=shape)).astype(np.float32))
+    targets = torch.from_numpy(rng.random((3, 4, 10)) < 0.3)
+    valid = torch.from_numpy(rng.random((3, 4)) < 0.5)
+    valid[1, 2] = True
+    kwargs = {} if heads is None else {"head_reduction": "per_head"}
+    per_pair = ica_loss(alpha, targets, valid, reduction="none", **kwargs)
+    assert per_pair.shape == (int(valid.sum()),)
+    if heads is None:
+        expected = [
+            lovasz_hinge_pair(map_scores(alpha[b, t].tolist(), "scaled"), targets[b, t].tolist())
+            for b, t in valid.nonzero().tolist()
+        ]
+    else:
+        expected = [
+            np.mean(
+                [
+                    lovasz_hinge_pair(map_scores(alpha[b, h, t].tolist(), "scaled"), targets[b, t])
+                    for h in range(heads)
+                ]
+            )
+            for b, t in valid.nonzero().tolist()
+        ]
+    np.testing.assert_allclose(per_pair.numpy(), expected, rtol=1e-5)
+    total = ica_loss(alpha, targets, valid, reduction="sum", **kwargs)
+    assert total.item() == pytest.approx(sum(expected), rel=1e-5)
+    none_valid = torch.zeros_like(valid)
+    assert ica_loss(alpha, targets, none_valid, reduction="none").shape == (0,)
+    assert ica_loss(alpha, targets, none_valid, reduction="sum").item() == 0.0
+
+
 def test_no_valid_pair_is_zero_even_for_non_finite_attention():
     attention = torch.full((2, 3, 5), float("inf"), requires_grad=True)
     loss = ica_loss(attention, torch.ones(2, 3, 5, dtype=torch.bool), torch.zeros(2, 3).bool())
@@ -334,6 +368,7 @@ def test_cuda_matches_cpu():
         ({"attention": torch.ones(2, 2, 4, 5)}, ValueError, "must be \\[B, T, L\\]"),
         ({"attention": torch.ones(2, 0, 3, 5)}, ValueError, "no heads"),
         ({"mapping": "log", "log_eps": 0.0}, ValueError, "log_eps"),
+        ({"reduction": "avg"}, ValueError, "unknown reduction 'avg'"),
         ({"attention": torch.ones(2, 3, 0), "targets": torch.ones(2, 3, 0)}, ValueError, "L = 0"),
         ({"attention": torch.tensor(0.5)}, ValueError, r"\[N, L\]"),
     ],

@@ -19,12 +19,14 @@ import torch
 
 from ica_captioning.losses.lovasz import lovasz_hinge
 
-__all__ = ["HEAD_REDUCTIONS", "MAPPINGS", "attention_to_scores", "ica_loss"]
+__all__ = ["HEAD_REDUCTIONS", "MAPPINGS", "REDUCTIONS", "attention_to_scores", "ica_loss"]
 
 #: Score mappings accepted by :func:`attention_to_scores` / :func:`ica_loss`.
 MAPPINGS: tuple[str, ...] = ("scaled", "log", "identity")
 #: Rules to combine multi-head attention ``[B, H, T, L]`` (see :func:`ica_loss`).
 HEAD_REDUCTIONS: tuple[str, ...] = ("mean", "max", "per_head")
+#: Reductions over valid pairs accepted by :func:`ica_loss`.
+REDUCTIONS: tuple[str, ...] = ("mean", "sum", "none")
 
 
 def attention_to_scores(
@@ -92,6 +94,7 @@ def ica_loss(
     mapping: str = "scaled",
     *,
     head_reduction: str = "mean",
+    reduction: str = "mean",
     log_eps: float = 1e-6,
 ) -> torch.Tensor:
     """Mean Lovász hinge between attention maps and binary object masks over valid pairs.
@@ -127,11 +130,15 @@ def ica_loss(
         valid: bool mask of the pairs that count; ``None`` means all pairs.
         mapping: score mapping, one of :data:`MAPPINGS` (see :func:`attention_to_scores`).
         head_reduction: one of :data:`HEAD_REDUCTIONS`; only used for 4-D attention.
+        reduction: ``"mean"`` over valid pairs (default), ``"sum"`` (e.g. to normalise by a
+            pair count gathered across processes), or ``"none"`` (per-pair losses).
         log_eps: smoothing of the ``"log"`` mapping.
 
     Returns:
         Scalar loss (float32, or float64 for float64 attention): mean per-pair Lovász hinge over
-        valid pairs, or 0 still connected to ``attention``'s graph when no pair is valid.
+        valid pairs, or 0 still connected to ``attention``'s graph when no pair is valid. With
+        ``reduction="sum"`` the sum (0 when none); with ``"none"`` the ``[N_valid]`` per-pair
+        losses in row-major order of the valid pairs (empty when none).
 
     Raises:
         TypeError: non-floating attention, non-bool ``valid``.
@@ -148,6 +155,8 @@ def ica_loss(
         raise ValueError(
             f"unknown head_reduction {head_reduction!r}; expected one of {HEAD_REDUCTIONS}"
         )
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
 
     if attention.dim() not in (2, 3, 4):
         raise ValueError(
@@ -211,12 +220,15 @@ def ica_loss(
     if num_pairs == 0:
         # Sum over an empty slice: exactly 0 (never NaN, even if attention holds inf) and still
         # part of the graph, so loss.backward() works and gives zero gradients.
-        zero = attention.flatten()[:0].sum()
-        return zero.double() if attention.dtype == torch.float64 else zero.float()
+        empty = attention.flatten()[:0]  # [0]
+        empty = empty.double() if attention.dtype == torch.float64 else empty.float()
+        return empty if reduction == "none" else empty.sum()
 
     if att.dtype != torch.float64:
         att = att.float()  # [M, L]; bf16 cannot resolve 2·L·α − 1 around the margin
     scores = attention_to_scores(att, mapping, log_eps=log_eps)  # [M, L]
     per_row = lovasz_hinge(scores, tgt)  # [M] with M = N·H (per_head) or N
-    # Mean over rows = mean over pairs of the head-averaged loss (every pair has H rows).
-    return per_row.mean()
+    per_pair = per_row.view(num_pairs, heads).mean(dim=1) if heads > 1 else per_row  # [N]
+    if reduction == "none":
+        return per_pair
+    return per_pair.sum() if reduction == "sum" else per_pair.mean()
