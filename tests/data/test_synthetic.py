@@ -228,3 +228,13 @@ def test_up_to_date_check(tmp_path):
 def test_bad_generator_parameters_are_rejected(kwargs):
     with pytest.raises(ValueError):
         generator_config(**kwargs)
+
+
+def test_jpeg_output(tmp_path):
+    summary = generate_dataset(tmp_path, num_images=4, image_size=48, seed=2, image_format="jpg")
+    data = json.loads((tmp_path / "dataset_synthetic.json").read_text())
+    assert [im["filename"] for im in data["images"]] == [f"{i:06d}.jpg" for i in range(1, 5)]
+    for im in data["images"]:
+        with Image.open(tmp_path / "images" / im["filename"]) as image:
+            assert image.format == "JPEG" and image.size == (48, 48)
+    assert summary["config"]["image_format"] == "jpg"
