@@ -22,12 +22,17 @@ from ica_captioning.detection.rle import rle_string_to_counts
 
 
 def _cover(n: int, g: int) -> np.ndarray:
-    """``[g, n]`` overlap of pixel ``[p, p+1)`` with cell ``[k n/g, (k+1) n/g)``."""
-    edges = np.arange(g + 1, dtype=np.float64) * n / g
-    p = np.arange(n, dtype=np.float64)
-    lo = np.maximum(p[None, :], edges[:-1, None])
-    hi = np.minimum(p[None, :] + 1.0, edges[1:, None])
-    return np.clip(hi - lo, 0.0, None)
+    """``[g, n]`` int64 overlap of pixel ``p`` with cell ``k``, in units of ``1/g`` pixel.
+
+    Scaling coordinates by ``g`` puts pixel ``p`` at ``[p g, (p+1) g)`` and cell ``k`` at
+    ``[k n, (k+1) n)``: every boundary is an integer, so areas are exact integers and a cell
+    covered exactly half compares equal to 0.5 (float sums would give 0.49999999999999994).
+    """
+    p = np.arange(n, dtype=np.int64)
+    k = np.arange(g, dtype=np.int64)
+    lo = np.maximum(p[None, :] * g, k[:, None] * n)
+    hi = np.minimum((p[None, :] + 1) * g, (k[:, None] + 1) * n)
+    return np.clip(hi - lo, 0, None)
 
 
 @lru_cache(maxsize=64)
@@ -35,17 +40,21 @@ def _coverage_tables(height: int, width: int, g: int) -> tuple[np.ndarray, np.nd
     """Cumulative coverage tables for images of one size (cached: COCO has few distinct sizes).
 
     Returns:
-        ``cy`` ``[H+1, G]`` with ``cy[y, r]`` = overlap of rows ``[0, y)`` with cell row ``r``;
-        ``cx`` ``[W+1, G]`` the same for columns; ``rx`` ``[W+1, G]`` the overlap of pixel column
-        ``x`` with cell column ``c`` (zero row appended for ``x = W``). All divided by the cell
-        size so that sums are area fractions.
+        Integer-valued tables in units of ``1/G`` pixel: ``cy`` ``[H+1, G]`` with ``cy[y, r]`` the
+        overlap of rows ``[0, y)`` with cell row ``r``; ``cx`` ``[W+1, G]`` the same for
+        columns; ``rx`` ``[W+1, G]`` the overlap of pixel column ``x`` with cell column ``c``
+        (a zero row appended for ``x = W``). A product ``cy · cx`` divided by ``H · W`` is an
+        area fraction of a cell.
     """
-    ry = _cover(height, g) / (height / g)  # [G, H]
-    rx = _cover(width, g) / (width / g)  # [G, W]
-    cy = np.concatenate([np.zeros((1, g)), np.cumsum(ry.T, axis=0)])  # [H+1, G]
-    cx = np.concatenate([np.zeros((1, g)), np.cumsum(rx.T, axis=0)])  # [W+1, G]
-    rx_pad = np.concatenate([rx.T, np.zeros((1, g))])  # [W+1, G]
-    return cy, cx, rx_pad
+    ry = _cover(height, g)  # [G, H]
+    rx = _cover(width, g)  # [G, W]
+    zero = np.zeros((1, g), dtype=np.int64)
+    cy = np.concatenate([zero, np.cumsum(ry.T, axis=0)])  # [H+1, G]
+    cx = np.concatenate([zero, np.cumsum(rx.T, axis=0)])  # [W+1, G]
+    rx_pad = np.concatenate([rx.T, zero])  # [W+1, G]
+    # float64 holds these integers (and sums of their products, < 2**53) exactly, and its
+    # matrix product runs in BLAS, unlike int64's.
+    return cy.astype(np.float64), cx.astype(np.float64), rx_pad.astype(np.float64)
 
 
 def rle_cell_fractions(counts: str | bytes, height: int, width: int, grid_size: int) -> np.ndarray:
@@ -58,7 +67,8 @@ def rle_cell_fractions(counts: str | bytes, height: int, width: int, grid_size: 
         grid_size: ``G``.
 
     Returns:
-        ``[G, G]`` float64 fractions in ``[0, 1]`` (row-major: ``[row, column]``).
+        ``[G, G]`` float64 fractions in ``[0, 1]`` (row-major: ``[row, column]``), each the
+        correctly rounded quotient of exact integer areas.
     """
     runs = rle_string_to_counts(counts)
     total = int(runs.sum())
@@ -77,7 +87,7 @@ def rle_cell_fractions(counts: str | bytes, height: int, width: int, grid_size: 
     xe, ye = np.divmod(ends, height)
     full = np.outer(cy[height], (cx[xe] - cx[xs]).sum(axis=0))
     part = cy[ye].T @ rx[xe] - cy[ys].T @ rx[xs]
-    return np.clip(full + part, 0.0, 1.0)
+    return (full + part) / (height * width)
 
 
 def dense_cell_fractions(masks: np.ndarray, grid_size: int) -> np.ndarray:
@@ -90,11 +100,11 @@ def dense_cell_fractions(masks: np.ndarray, grid_size: int) -> np.ndarray:
     Returns:
         ``[K, G, G]`` float64 fractions.
     """
-    masks = np.asarray(masks, dtype=np.float64)
+    masks = (np.asarray(masks) != 0).astype(np.int64)
     _, height, width = masks.shape
-    ry = _cover(height, grid_size) / (height / grid_size)  # [G, H]
-    rx = _cover(width, grid_size) / (width / grid_size)  # [G, W]
-    return np.einsum("gh,khw,fw->kgf", ry, masks, rx)
+    ry = _cover(height, grid_size)  # [G, H]
+    rx = _cover(width, grid_size)  # [G, W]
+    return np.einsum("gh,khw,fw->kgf", ry, masks, rx) / (height * width)
 
 
 def binarize_fractions(

@@ -8,6 +8,7 @@ nothing. A phrase labels its head noun, the last word.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
@@ -95,6 +96,26 @@ class Lexicon:
                     candidates.append(cname)
         self._rebuild()
 
+    def with_classes(self, classes: Iterable[str]) -> Lexicon:
+        """This lexicon, extended by classes it does not know yet (named by themselves).
+
+        A detector with its own label set (a custom or LVIS model) still gets its class names
+        and their plurals matched. Returns ``self`` when every class is known.
+        """
+        unknown = frozenset(c for c in classes if c not in self._known)
+        if not unknown:
+            return self
+        cached = self._extended.get(unknown)
+        if cached is None:
+            cached = copy.copy(self)
+            cached.classes = list(self.classes)
+            cached._table = {k: list(v) for k, v in self._table.items()}
+            cached._extended = {}
+            for cname in sorted(unknown):
+                cached.add(cname, [])
+            self._extended[unknown] = cached
+        return cached
+
     def _rebuild(self) -> None:
         # Candidates are ordered by class order (file order), whatever order words were added in.
         rank = {c: i for i, c in enumerate(self.classes)}
@@ -104,6 +125,8 @@ class Lexicon:
         self._single = {k[0]: v for k, v in self._phrases.items() if len(k) == 1}
         self._starts = {k[0] for k in self._phrases if len(k) > 1}
         self.max_len = max((len(k) for k in self._phrases), default=1)
+        self._known = frozenset(self.classes)
+        self._extended: dict[frozenset[str], Lexicon] = {}
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], extra: Mapping[str, Any] | None = None):
@@ -163,7 +186,7 @@ class Lexicon:
         """Mentions of the given (detected) classes: ``[(token_position, class_name), ...]``."""
         present = set(classes)
         out = []
-        for pos, cands in self.mentions(tokens):
+        for pos, cands in self.with_classes(present).mentions(tokens):
             for cname in cands:
                 if cname in present:
                     out.append((pos, cname))

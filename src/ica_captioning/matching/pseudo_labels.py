@@ -220,7 +220,7 @@ def build_pseudo_labels(
         for i, g in kept.groupby("image_id", sort=False)["class_name"].unique().items()
     }
     vocabulary = set(detections["class_name"].dropna().unique())
-    mentions = find_mentions(captions, lexicon, present)
+    mentions = find_mentions(captions, lexicon.with_classes(vocabulary), present)
     matched = mentions[mentions["class_name"].notna()]
     pairs = matched[["image_id", "class_name"]].drop_duplicates(ignore_index=True)
     grids = class_grids(kept, pairs, int(grid_size), float(cell_threshold), progress=progress)
