@@ -1,0 +1,154 @@
+"""On-disk feature cache for a frozen encoder.
+
+With a frozen encoder every epoch would recompute the same annotation vectors. The cache
+encodes each image once into ``<dir>/features-<key>.npy`` (``[N, L, D]``, memory-mapped when
+read) where ``key`` hashes the encoder settings (backbone, layer, grid, image size, init seed,
+weights source incl. file size/mtime) and the image list (ids, paths, images folder). Any change
+of either gives a new key, so a stale cache is never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ica_captioning.model.encoder import encoder_cache_key
+
+logger = logging.getLogger(__name__)
+
+
+def cache_key(
+    encoder_config: Mapping[str, Any],
+    image_ids: Sequence[int],
+    paths: Sequence[str],
+    images_dir: str | os.PathLike,
+    dtype: str,
+) -> str:
+    """Hash of everything the cached features depend on.
+
+    Args:
+        encoder_config: ``train.encoder`` settings.
+        image_ids: ``[N]`` image ids in cache-row order.
+        paths: ``[N]`` file paths relative to ``images_dir``.
+        images_dir: the images folder.
+        dtype: storage dtype.
+
+    Returns:
+        A 20-hex-digit key.
+    """
+    h = hashlib.sha256()
+    h.update(encoder_cache_key(encoder_config).encode())
+    h.update(os.path.abspath(os.fspath(images_dir)).encode())
+    h.update(dtype.encode())
+    h.update(np.asarray(image_ids, dtype=np.int64).tobytes())
+    h.update("\0".join(map(str, paths)).encode())
+    return h.hexdigest()[:20]
+
+
+class CachedSource:
+    """Feature source reading rows of a cache file (opened lazily: picklable for workers/DDP).
+
+    Args:
+        path: the ``.npy`` cache file ``[N, L, D]``.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self._array: np.ndarray | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "_array": None}
+
+    @property
+    def array(self) -> np.ndarray:
+        """The memory-mapped ``[N, L, D]`` array."""
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r")
+        return self._array
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows ``[U]`` (sorted) → features ``[U, L, D]`` float32."""
+        return torch.from_numpy(np.asarray(self.array[rows.numpy()], dtype=np.float32))
+
+
+@torch.no_grad()
+def build_feature_cache(
+    encoder: torch.nn.Module,
+    encoder_config: Mapping[str, Any],
+    image_ids: Sequence[int],
+    paths: Sequence[str],
+    images_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    *,
+    dtype: str = "float16",
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> CachedSource:
+    """Return the cache for these images, encoding them first if no valid cache exists.
+
+    Args:
+        encoder: the (frozen) encoder ``[B, 3, H, W] → [B, L, D]``.
+        encoder_config: its settings (for the key and the image size).
+        image_ids: ``[N]`` image ids in row order.
+        paths: ``[N]`` paths relative to ``images_dir``.
+        images_dir: images folder.
+        cache_dir: where cache files live.
+        dtype: ``float16`` (half the disk, ample precision for decoder inputs) or ``float32``.
+        batch_size: images per encoder batch.
+        device: where to run the encoder.
+
+    Returns:
+        A :class:`CachedSource` over the ``[N, L, D]`` file.
+    """
+    from ica_captioning.model.captioner import preprocess_images
+
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"train.feature_cache.dtype must be float16 or float32, got {dtype!r}")
+    key = cache_key(encoder_config, image_ids, paths, images_dir, dtype)
+    cache_dir = Path(cache_dir)
+    path = cache_dir / f"features-{key}.npy"
+    if path.exists():
+        logger.info("Using feature cache %s", path)
+        return CachedSource(path)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    was_training = encoder.training
+    encoder.eval().to(device)
+    tmp = cache_dir / f".features-{key}.{os.getpid()}.tmp.npy"
+    out = None
+    start = time.perf_counter()
+    try:
+        bar = tqdm(total=len(paths), desc="encoding images", unit="img", leave=False)
+        for lo in range(0, len(paths), batch_size):
+            images = preprocess_images(paths[lo : lo + batch_size], encoder_config, root=images_dir)
+            feats = encoder(images.to(device)).float().cpu().numpy()  # [b, L, D]
+            if out is None:
+                shape = (len(paths), *feats.shape[1:])
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+            out[lo : lo + len(feats)] = feats
+            bar.update(len(feats))
+        bar.close()
+        if out is None:
+            raise ValueError("feature cache requested for an empty image list")
+        out.flush()
+        del out
+        os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+        encoder.train(was_training)
+    meta = {"key": key, "num_images": len(paths), "encoder": dict(encoder_config), "dtype": dtype}
+    (cache_dir / f"features-{key}.json").write_text(json.dumps(meta, indent=1, default=str))
+    logger.info(
+        "Encoded %d images into %s in %.1f s", len(paths), path, time.perf_counter() - start
+    )
+    return CachedSource(path)

@@ -1,0 +1,57 @@
+"""Thin Kedro nodes around :mod:`ica_captioning.model` (the logic lives there)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pandas as pd
+
+from ica_captioning.model import resolve_config, train_captioner
+
+logger = logging.getLogger(__name__)
+
+
+def train_model(
+    images: pd.DataFrame,
+    encoded_captions: pd.DataFrame,
+    pseudo_labels: pd.DataFrame,
+    vocabulary: dict[str, Any],
+    train_params: dict[str, Any],
+    train_overrides: dict[str, Any] | None,
+    dataset_params: dict[str, Any],
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Train one variant of the captioner.
+
+    Args:
+        images: ``images`` table (``file_path`` relative to ``dataset.images_dir``).
+        encoded_captions: ``encoded_captions`` table.
+        pseudo_labels: ``pseudo_labels`` table (grid size must equal ``train.encoder.grid_size``).
+        vocabulary: ``vocabulary`` JSON.
+        train_params: shared ``params:train``.
+        train_overrides: the namespace's ``train_overrides`` (e.g. ``{lambda_aux: 0.0}``).
+        dataset_params: ``params:dataset`` (for ``images_dir``).
+
+    Returns:
+        ``(model bundle {"state_dict", "config", "vocabulary"}, per-epoch history table)``.
+    """
+    config = resolve_config(train_params, train_overrides)
+    if not dataset_params or "images_dir" not in dataset_params:
+        raise ValueError("parameter dataset.images_dir is required by the train pipeline")
+    start = time.perf_counter()
+    bundle, history = train_captioner(
+        config,
+        images,
+        encoded_captions,
+        pseudo_labels,
+        vocabulary,
+        dataset_params["images_dir"],
+    )
+    logger.info(
+        "Trained λ_aux=%g for %d epochs in %.1f s",
+        config["lambda_aux"],
+        len(history),
+        time.perf_counter() - start,
+    )
+    return bundle, history
