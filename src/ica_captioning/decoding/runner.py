@@ -1,0 +1,183 @@
+"""Decode a split with a trained captioner: beam-search captions and teacher-forced references.
+
+Images are read, encoded once per chunk, beam-searched, and the chunk's reference captions are
+teacher-forced on the same features, so the encoder runs once per image. Attention maps are
+returned flattened (``[n * L]`` float32 per caption, ``n`` words) so they fit a Parquet column.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ica_captioning.decoding.beam_search import beam_search_features
+from ica_captioning.decoding.teacher_forcing import teacher_forced_alphas
+
+logger = logging.getLogger(__name__)
+
+PAD, START, END, UNK = 0, 1, 2, 3
+GENERATED_COLUMNS = [
+    "image_id",
+    "tokens",
+    "caption",
+    "length",
+    "log_prob",
+    "grid_size",
+    "attention",
+]
+REFERENCE_COLUMNS = ["caption_id", "image_id", "tokens", "grid_size", "attention"]
+
+
+def _require(frame: pd.DataFrame, name: str, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{name} table lacks column(s) {missing}; it has {list(frame.columns)}")
+
+
+def _pad_ids(ids: Sequence[Sequence[int]]) -> torch.Tensor:
+    """List of id lists -> ``[N, S]`` long padded with ``<pad>``."""
+    width = max((len(x) for x in ids), default=0)
+    out = torch.full((len(ids), max(width, 2)), PAD, dtype=torch.long)
+    for i, row in enumerate(ids):
+        out[i, : len(row)] = torch.as_tensor(np.asarray(row, dtype=np.int64))
+    return out
+
+
+@torch.inference_mode()
+def decode_split(
+    model: Any,
+    images: pd.DataFrame,
+    references: pd.DataFrame | None,
+    images_dir: str | os.PathLike,
+    *,
+    beam_size: int = 3,
+    max_len: int = 20,
+    length_penalty: float = 0.0,
+    allow_unk: bool = False,
+    batch_size: int = 50,
+    progress: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Generate captions for ``images`` and teacher-force their ``references``.
+
+    Args:
+        model: captioner (contract interface) with ``config`` and ``vocabulary`` (as returned
+            by ``ica_captioning.model.load_captioner``).
+        images: ``image_id``, ``file_path`` (relative to ``images_dir``).
+        references: ``caption_id``, ``image_id``, ``tokens`` (words), ``ids``
+            (``[<start>, w..., <end>]``); ``None`` skips teacher forcing.
+        images_dir: folder of the image files.
+        beam_size: beam width (1 = greedy).
+        max_len: maximum words per generated caption.
+        length_penalty: see :func:`~ica_captioning.decoding.beam_search_features`.
+        allow_unk: let the model generate ``<unk>``.
+        batch_size: images per chunk.
+        progress: tqdm bar.
+
+    Returns:
+        ``(generated, reference_attention)``: ``generated`` has :data:`GENERATED_COLUMNS` (one row
+        per image, ``attention`` = ``[length * L]`` float32 row-major), ``reference_attention``
+        has :data:`REFERENCE_COLUMNS` (``attention`` = ``[len(tokens) * L]``; ``tokens`` cut to
+        the encoded length).
+    """
+    from ica_captioning.model import preprocess_images
+
+    _require(images, "images", ["image_id", "file_path"])
+    itos = list(model.vocabulary["itos"])
+    banned = [PAD, START] + ([] if allow_unk else [UNK])
+    device = next(model.parameters()).device
+    model.eval()
+
+    refs_by_image: dict[int, pd.DataFrame] = {}
+    if references is not None:
+        _require(references, "references", ["caption_id", "image_id", "tokens", "ids"])
+        refs_by_image = {int(k): g for k, g in references.groupby("image_id", sort=False)}
+
+    gen_rows: list[dict[str, Any]] = []
+    ref_rows: list[dict[str, Any]] = []
+    image_ids = images["image_id"].astype("int64").to_numpy()
+    paths = images["file_path"].astype(str).tolist()
+    bar = tqdm(total=len(paths), unit="img", desc="decoding", disable=not progress)
+    for lo in range(0, len(paths), batch_size):
+        chunk_ids = image_ids[lo : lo + batch_size]
+        pixels = preprocess_images(paths[lo : lo + batch_size], model.config, root=images_dir)
+        features = model.encode(pixels.to(device))  # [b, L, D]
+        num_cells = features.shape[1]
+        grid = int(round(num_cells**0.5))
+        out = beam_search_features(
+            model.decoder,
+            features,
+            beam_size=beam_size,
+            max_len=max_len,
+            start_id=START,
+            end_id=END,
+            pad_id=PAD,
+            banned_ids=banned,
+            length_penalty=length_penalty,
+        )
+        alphas = out.alphas.cpu().numpy().astype(np.float32)  # [b, T, L]
+        for j, (iid, ids) in enumerate(zip(chunk_ids, out.token_lists())):
+            words = [itos[t] for t in ids]
+            gen_rows.append(
+                {
+                    "image_id": int(iid),
+                    "tokens": words,
+                    "caption": " ".join(words),
+                    "length": len(words),
+                    "log_prob": float(out.scores[j]),
+                    "grid_size": grid,
+                    "attention": alphas[j, : len(words)].reshape(-1),
+                }
+            )
+
+        # Teacher-forced attention of this chunk's reference captions on the same features.
+        groups = [(j, refs_by_image.get(int(iid))) for j, iid in enumerate(chunk_ids)]
+        groups = [(j, g) for j, g in groups if g is not None and len(g)]
+        if groups:
+            row_index = torch.as_tensor(
+                np.concatenate([np.full(len(g), j) for j, g in groups]), device=device
+            )
+            chunk_refs = pd.concat([g for _, g in groups], ignore_index=True)
+            ids = _pad_ids(chunk_refs["ids"].tolist()).to(device)  # [N, S]
+            maps = teacher_forced_alphas(
+                model.decoder, features.index_select(0, row_index), ids
+            )  # [N, S-1, L]
+            maps = maps.cpu().numpy().astype(np.float32)
+            for k, (cid, iid, toks, cap_ids) in enumerate(
+                zip(
+                    chunk_refs["caption_id"],
+                    chunk_refs["image_id"],
+                    chunk_refs["tokens"],
+                    chunk_refs["ids"],
+                )
+            ):
+                n = min(len(cap_ids) - 2, len(toks))  # words actually encoded
+                ref_rows.append(
+                    {
+                        "caption_id": int(cid),
+                        "image_id": int(iid),
+                        "tokens": list(toks)[:n],
+                        "grid_size": grid,
+                        "attention": maps[k, :n].reshape(-1),
+                    }
+                )
+        bar.update(len(chunk_ids))
+    bar.close()
+    generated = pd.DataFrame(gen_rows, columns=GENERATED_COLUMNS)
+    reference_attention = pd.DataFrame(ref_rows, columns=REFERENCE_COLUMNS)
+    return generated, reference_attention
+
+
+def attention_maps(table: pd.DataFrame, key: str) -> dict[Any, np.ndarray]:
+    """``key`` -> ``[n, L]`` attention maps from a flattened ``attention`` column."""
+    out = {}
+    for k, att, g in zip(table[key], table["attention"], table["grid_size"]):
+        cells = int(g) * int(g)
+        out[k] = np.asarray(att, dtype=np.float32).reshape(-1, cells)
+    return out

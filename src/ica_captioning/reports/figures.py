@@ -1,0 +1,132 @@
+"""Report figures: per-word attention over the image (both models) and training curves.
+
+Figures are built with the object-oriented Matplotlib API (``matplotlib.figure.Figure``), so no
+pyplot state or interactive backend is involved; the Kedro ``MatplotlibDataset`` saves them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from PIL import Image
+
+
+def upsample_attention(att: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear upsampling of one ``[G, G]`` attention map to ``[height, width]``."""
+    img = Image.fromarray(np.asarray(att, dtype=np.float32), mode="F")
+    return np.asarray(img.resize((int(width), int(height)), Image.BILINEAR))
+
+
+def attention_figure(
+    image: np.ndarray,
+    rows: Sequence[tuple[str, Sequence[str], np.ndarray]],
+    max_words: int = 12,
+    title: str = "",
+    overlay_alpha: float = 0.6,
+) -> Figure:
+    """Show-Attend-Tell style figure: the image, then one panel per word with its attention.
+
+    Args:
+        image: ``[H, W, 3]`` uint8 image.
+        rows: per model ``(label, words, maps [n, G, G])``; one figure row each.
+        max_words: words shown per row (the rest are listed in the row label).
+        title: figure title.
+        overlay_alpha: opacity of the attention heat map.
+
+    Returns:
+        The figure.
+    """
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be [H, W, 3], got {image.shape}")
+    height, width = image.shape[:2]
+    cols = 1 + max(1, min(max_words, max((len(w) for _, w, _ in rows), default=1)))
+    fig = Figure(figsize=(1.6 * cols, 1.9 * max(1, len(rows))), dpi=100)
+    axes = fig.subplots(max(1, len(rows)), cols, squeeze=False)
+    for r, (label, words, maps) in enumerate(rows):
+        maps = np.asarray(maps, dtype=np.float32)
+        ax = axes[r, 0]
+        ax.imshow(image)
+        caption = " ".join(words) if len(words) else "(empty caption)"
+        ax.set_title(label, fontsize=8, fontweight="bold")
+        ax.set_xlabel(_wrap(caption, 28), fontsize=6)
+        for c in range(1, cols):
+            ax = axes[r, c]
+            i = c - 1
+            if i < len(words):
+                heat = upsample_attention(maps[i], height, width)
+                ax.imshow(image)
+                # Normalised per word so the location, not the peak height, is what one sees.
+                ax.imshow(heat / max(float(heat.max()), 1e-12), cmap="jet", alpha=overlay_alpha,
+                          vmin=0.0, vmax=1.0)  # fmt: skip
+                ax.set_title(words[i], fontsize=8)
+            else:
+                ax.set_visible(False)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _wrap(text: str, width: int) -> str:
+    words, lines, line = text.split(), [], ""
+    for w in words:
+        if line and len(line) + 1 + len(w) > width:
+            lines.append(line)
+            line = w
+        else:
+            line = f"{line} {w}".strip()
+    lines.append(line)
+    return "\n".join(lines)
+
+
+def training_curves_figure(histories: Mapping[str, pd.DataFrame], title: str = "") -> Figure:
+    """One panel per numeric history column, one line per model.
+
+    Args:
+        histories: label -> training history (one row per epoch; ``epoch`` column used as x when
+            present).
+        title: figure title.
+
+    Returns:
+        The figure (a single "no history" panel when every table is empty).
+    """
+    columns: list[str] = []
+    for hist in histories.values():
+        for col in hist.columns:
+            if col != "epoch" and pd.api.types.is_numeric_dtype(hist[col]) and col not in columns:
+                columns.append(col)
+    n = max(1, len(columns))
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(4.0 * ncols, 2.8 * nrows), dpi=100)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for k, col in enumerate(columns):
+        ax = axes[k // ncols, k % ncols]
+        for label, hist in histories.items():
+            if col not in hist.columns or hist.empty:
+                continue
+            x = hist["epoch"] if "epoch" in hist.columns else np.arange(len(hist))
+            ax.plot(x, hist[col], marker="o", markersize=3, label=label)
+        ax.set_title(col, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for k in range(len(columns), nrows * ncols):
+        axes[k // ncols, k % ncols].set_visible(False)
+    if not columns:
+        ax = axes[0, 0]
+        ax.set_visible(True)
+        ax.text(0.5, 0.5, "no training history", ha="center", va="center")
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

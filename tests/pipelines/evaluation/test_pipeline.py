@@ -1,0 +1,154 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+from kedro_datasets.matplotlib import MatplotlibDataset
+from kedro_datasets.pandas import ParquetDataset
+
+from ica_captioning.pipelines.evaluation import create_pipeline
+from ica_captioning.pipelines.evaluation import nodes as ev
+from ica_captioning.reports import TABLE1_METRICS
+
+
+def _catalog(inputs, out_dir):
+    data = {
+        "images": inputs["images"],
+        "captions": inputs["captions"],
+        "encoded_captions": inputs["encoded_captions"],
+        "detections": inputs["detections"],
+        "pseudo_labels": inputs["pseudo_labels"],
+        "baseline.model": inputs["bundles"]["baseline"],
+        "ica.model": inputs["bundles"]["ica"],
+        "baseline.training_history": inputs["history"],
+        "ica.training_history": inputs["history"].assign(train_ce=[2.9, 2.2]),
+        "params:dataset": inputs["dataset"],
+        "params:matching": inputs["matching"],
+        "params:evaluation": inputs["evaluation"],
+    }
+    datasets = {k: MemoryDataset(v) for k, v in data.items()}
+    for name in ("caption_metrics", "grounding_metrics", "comparison", "grounding_words"):
+        datasets[name] = ParquetDataset(filepath=str(out_dir / f"{name}.parquet"))
+    for variant in ("baseline", "ica"):
+        name = f"{variant}.generated_captions"
+        datasets[name] = ParquetDataset(filepath=str(out_dir / f"{variant}_generated.parquet"))
+    datasets["attention_figures"] = MatplotlibDataset(filepath=str(out_dir / "attention"))
+    datasets["training_curves"] = MatplotlibDataset(filepath=str(out_dir / "curves.png"))
+    return DataCatalog(datasets=datasets)
+
+
+@pytest.fixture(scope="module")
+def run_outputs(eval_inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports")
+    catalog = _catalog(eval_inputs, out)
+    SequentialRunner().run(create_pipeline(), catalog)
+    return out
+
+
+@pytest.mark.slow
+def test_pipeline_writes_all_reports(run_outputs, eval_inputs):
+    out = run_outputs
+    test_ids = set(eval_inputs["images"].query("split == 'test'")["image_id"])
+    caps = pd.read_parquet(out / "caption_metrics.parquet")
+    assert list(caps.columns[:6]) == ["dataset", "variant", "split", "metric", "value", "run_id"]
+    assert set(caps["variant"]) == {"baseline", "ica"}
+    assert (caps["run_id"] == "test-run").all() and (caps["split"] == "test").all()
+    assert (caps["num_images"] == len(test_ids)).all()
+    by = caps.set_index(["variant", "metric"])
+    for variant in ("baseline", "ica"):
+        assert np.isfinite(by.loc[(variant, "BLEU-1"), "value"])
+        assert np.isfinite(by.loc[(variant, "CIDEr"), "value"])
+        assert 0 <= by.loc[(variant, "CHAIR-s"), "value"] <= 1 or math.isnan(
+            by.loc[(variant, "CHAIR-s"), "value"]
+        )
+        assert by.loc[(variant, "METEOR"), "status"] == "disabled"
+        # SPICE cannot run here (no CoreNLP jars / Java 17): NaN with a reason, never a crash.
+        spice = by.loc[(variant, "SPICE")]
+        assert math.isnan(spice["value"]) and spice["reason"]
+
+    ground = pd.read_parquet(out / "grounding_metrics.parquet")
+    assert {"captions", "masks", "count"} <= set(ground.columns)
+    combos = set(zip(ground["captions"], ground["masks"]))
+    assert combos == {
+        ("generated", "pseudo_labels"),
+        ("reference", "pseudo_labels"),
+        ("generated", "ground_truth"),
+        ("reference", "ground_truth"),
+    }
+    ref_pl = ground.query(
+        "captions == 'reference' and masks == 'pseudo_labels' and variant == 'ica' "
+        "and metric == 'attention_correctness'"
+    )
+    # Every pseudo-label of a test caption is scored once.
+    n_pl = eval_inputs["pseudo_labels"]["image_id"].isin(test_ids).sum()
+    assert int(ref_pl["count"].iloc[0]) == n_pl > 0
+    assert 0 <= ref_pl["value"].iloc[0] <= 1
+
+    comp = pd.read_parquet(out / "comparison.parquet")
+    assert comp["model"].tolist() == ["Show-Attend-Tell", "+ICA Loss", "Δ (+ICA − SAT)"]
+    assert list(comp.columns[4 : 4 + len(TABLE1_METRICS)]) == TABLE1_METRICS
+    np.testing.assert_allclose(comp.loc[2, "BLEU-4"], comp.loc[1, "BLEU-4"] - comp.loc[0, "BLEU-4"])
+
+    grid = eval_inputs["matching"]["grid_size"]
+    gen = pd.read_parquet(out / "ica_generated.parquet")
+    assert set(gen["image_id"]) == test_ids
+    for toks, att in zip(gen["tokens"], gen["attention"]):
+        maps = np.asarray(att).reshape(len(toks), grid * grid)
+        np.testing.assert_allclose(maps.sum(1), 1.0, rtol=1e-4)
+
+    figs = sorted(p.name for p in (out / "attention").iterdir())
+    assert len(figs) == 2 and all(f.startswith("image_") and f.endswith(".png") for f in figs)
+    assert (out / "curves.png").stat().st_size > 1000
+
+
+def test_select_split_errors(eval_inputs):
+    with pytest.raises(ValueError, match="no image of that split"):
+        ev.select_split(
+            eval_inputs["images"],
+            eval_inputs["captions"],
+            eval_inputs["encoded_captions"],
+            {"split": "holdout"},
+        )
+    images, refs = ev.select_split(
+        eval_inputs["images"],
+        eval_inputs["captions"],
+        eval_inputs["encoded_captions"],
+        {"split": "test", "max_images": 2},
+    )
+    assert len(images) == 2 and set(refs["image_id"]) == set(images["image_id"])
+    assert {"raw", "tokens", "ids"} <= set(refs.columns)
+
+
+def test_prepare_objects_without_instances_falls_back_to_detections(eval_inputs):
+    images, refs = ev.select_split(
+        eval_inputs["images"],
+        eval_inputs["captions"],
+        eval_inputs["encoded_captions"],
+        {"split": "test"},
+    )
+    dataset = {**eval_inputs["dataset"], "instances": ["/nonexistent/instances.json"]}
+    grids, truth = ev.prepare_objects(
+        eval_inputs["images"], eval_inputs["detections"], images, refs, dataset,
+        eval_inputs["matching"], {},
+    )  # fmt: skip
+    assert set(grids["masks"]) == {"pseudo_labels"}
+    assert (truth["source"] == "detections").all()
+    assert "not found" in truth["status"].iloc[0]
+    # With the instances present, ground truth is used and equals the annotations.
+    grids, truth = ev.prepare_objects(
+        eval_inputs["images"], eval_inputs["detections"], images, refs, eval_inputs["dataset"],
+        eval_inputs["matching"], {},
+    )  # fmt: skip
+    assert set(grids["masks"]) == {"pseudo_labels", "ground_truth"}
+    assert (truth["source"] == "ground_truth").all()
+    dets = eval_inputs["detections"].dropna(subset=["class_name"])
+    for iid, classes in zip(truth["image_id"], truth["classes"]):
+        assert set(dets[dets["image_id"] == iid]["class_name"]) <= set(classes)
+
+
+def test_make_run_id():
+    assert ev.make_run_id({"run_id": "abc"}) == "abc"
+    rid = ev.make_run_id({})
+    assert rid.endswith("Z") and rid[4] == "-" and rid.count(".") == 3
