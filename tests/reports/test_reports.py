@@ -1,0 +1,127 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from ica_captioning.reports import (
+    DIFFERENCE_LABEL,
+    TABLE1_METRICS,
+    attention_figure,
+    comparison_table,
+    table1,
+    training_curves_figure,
+    upsample_attention,
+    with_keys,
+)
+
+
+def _caption_rows(variant, values, dataset="flickr8k"):
+    frame = pd.DataFrame({"metric": list(values), "value": list(values.values())})
+    frame["status"] = "ok"
+    return with_keys(frame, dataset, variant, "test", "run-1")
+
+
+def _grounding_rows(variant, value, dataset="flickr8k"):
+    frame = pd.DataFrame(
+        {
+            "captions": ["generated", "reference"],
+            "masks": ["pseudo_labels", "pseudo_labels"],
+            "metric": ["attention_correctness"] * 2,
+            "value": [value, value + 0.1],
+            "count": [10, 20],
+        }
+    )
+    return with_keys(frame, dataset, variant, "test", "run-1")
+
+
+def test_with_keys_puts_report_columns_first():
+    out = _caption_rows("ica", {"BLEU-1": 0.5})
+    assert list(out.columns) == [
+        "dataset",
+        "variant",
+        "split",
+        "metric",
+        "value",
+        "run_id",
+        "status",
+    ]
+    assert out["value"].dtype == np.float64
+
+
+def test_comparison_table_layout_and_differences():
+    base = {"BLEU-1": 0.6460, "BLEU-4": 0.2339, "CIDEr": 0.5874, "METEOR": 0.2032,
+            "ROUGE-L": 0.5306, "SPICE": float("nan"), "CHAIR-i": 0.2}  # fmt: skip
+    ica = {"BLEU-1": 0.6576, "BLEU-4": 0.2453, "CIDEr": 0.5939, "METEOR": 0.2256,
+           "ROUGE-L": 0.5479, "SPICE": float("nan"), "CHAIR-i": 0.1}  # fmt: skip
+    caps = pd.concat(
+        [_caption_rows("baseline", base), _caption_rows("ica", ica),
+         _caption_rows("baseline", base, "coco"), _caption_rows("ica", ica, "coco")]
+    )  # fmt: skip
+    ground = pd.concat([_grounding_rows("baseline", 0.3), _grounding_rows("ica", 0.5)])
+    comp = comparison_table(caps, ground)
+    assert comp["dataset"].tolist() == ["coco"] * 3 + ["flickr8k"] * 3
+    assert comp["model"].tolist()[:3] == ["Show-Attend-Tell", "+ICA Loss", DIFFERENCE_LABEL]
+    assert list(comp.columns[4:10]) == TABLE1_METRICS
+    flickr = comp[comp["dataset"] == "flickr8k"].set_index("variant")
+    assert flickr.loc["difference", "BLEU-4"] == pytest.approx(0.2453 - 0.2339)
+    assert flickr.loc["difference", "CHAIR-i"] == pytest.approx(-0.1)
+    assert math.isnan(flickr.loc["difference", "SPICE"])
+    col = "attention_correctness [generated/pseudo_labels]"
+    assert flickr.loc["difference", col] == pytest.approx(0.2)
+    assert flickr.loc["ica", "attention_correctness [reference/pseudo_labels]"] == pytest.approx(
+        0.6
+    )
+    # Grounding exists only for flickr8k here: NaN for coco, not a crash.
+    assert comp[comp["dataset"] == "coco"][col].isna().all()
+    assert (comp["run_id"] == "run-1").all()
+    t1 = table1(comp)
+    assert list(t1.columns) == ["dataset", "model", *TABLE1_METRICS]
+
+
+def test_comparison_with_one_variant_has_no_difference_row():
+    comp = comparison_table(_caption_rows("baseline", {"BLEU-1": 0.5}), pd.DataFrame())
+    assert comp["variant"].tolist() == ["baseline"]
+
+
+def test_upsample_attention_preserves_constant_and_peak_location():
+    const = upsample_attention(np.full((4, 4), 0.25), 32, 32)
+    assert const.shape == (32, 32)
+    np.testing.assert_allclose(const, 0.25, atol=1e-6)
+    peak = np.zeros((4, 4))
+    peak[0, 3] = 1.0
+    up = upsample_attention(peak, 40, 40)
+    r, c = np.unravel_index(up.argmax(), up.shape)
+    assert r < 10 and c >= 30  # top-right cell stays top-right
+
+
+def test_attention_figure_panels():
+    image = np.zeros((32, 32, 3), np.uint8)
+    maps = np.random.default_rng(0).dirichlet(np.ones(16), size=3).reshape(3, 4, 4)
+    fig = attention_figure(
+        image,
+        [("SAT", ["a", "red", "circle"], maps), ("+ICA", ["a", "star"], maps[:2])],
+        max_words=5,
+        title="image 1",
+    )
+    assert isinstance(fig, Figure)
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    # rows: 1 image panel + words each -> (1 + 3) + (1 + 2)
+    assert len(visible) == 7
+    titles = [ax.get_title() for ax in visible]
+    assert "circle" in titles and "star" in titles
+    with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
+        attention_figure(image[..., 0], [])
+
+
+def test_training_curves_one_panel_per_numeric_column():
+    a = pd.DataFrame({"epoch": [1, 2], "train_ce": [3.0, 2.0], "val_bleu4": [0.1, 0.2]})
+    b = pd.DataFrame({"epoch": [1, 2], "train_ce": [3.1, 2.1], "train_ica": [0.9, 0.8]})
+    fig = training_curves_figure({"SAT": a, "+ICA": b})
+    titles = sorted(ax.get_title() for ax in fig.axes if ax.get_visible())
+    assert titles == ["train_ce", "train_ica", "val_bleu4"]
+    ce = next(ax for ax in fig.axes if ax.get_title() == "train_ce")
+    assert len(ce.get_lines()) == 2
+    empty = training_curves_figure({"SAT": pd.DataFrame()})
+    assert any(t.get_text() == "no training history" for ax in empty.axes for t in ax.texts)
