@@ -100,11 +100,11 @@ def dense_cell_fractions(masks: np.ndarray, grid_size: int) -> np.ndarray:
     Returns:
         ``[K, G, G]`` float64 fractions.
     """
-    masks = (np.asarray(masks) != 0).astype(np.int64)
+    masks = (np.asarray(masks) != 0).astype(np.float64)  # integer-valued: exact below 2**53
     _, height, width = masks.shape
-    ry = _cover(height, grid_size)  # [G, H]
-    rx = _cover(width, grid_size)  # [G, W]
-    return np.einsum("gh,khw,fw->kgf", ry, masks, rx) / (height * width)
+    ry = _cover(height, grid_size).astype(np.float64)  # [G, H]
+    rx = _cover(width, grid_size).astype(np.float64)  # [G, W]
+    return (ry @ masks @ rx.T) / (height * width)  # [K, G, G]
 
 
 def binarize_fractions(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 import numpy as np
@@ -60,7 +60,7 @@ def _token_list(tokens: Any, caption_id: Any) -> list[str]:
 
 
 def find_mentions(
-    captions: pd.DataFrame, lexicon: Lexicon, present: dict[int, frozenset[str]]
+    captions: pd.DataFrame, lexicon: Lexicon, present: Mapping[int, Set[str]]
 ) -> pd.DataFrame:
     """Every class mention of every caption, resolved against the image's detected classes.
 
@@ -74,7 +74,7 @@ def find_mentions(
         (the matched class, or None), ``mentioned`` (first candidate class, for counting misses).
     """
     cap_ids, img_ids, positions, matched, mentioned = [], [], [], [], []
-    empty: frozenset[str] = frozenset()
+    empty: Set[str] = frozenset()
     for cid, iid, toks in zip(captions["caption_id"], captions["image_id"], captions["tokens"]):
         found = lexicon.mentions(_token_list(toks, cid))
         if not found:
@@ -126,14 +126,11 @@ def class_grids(
     dets = detections.sort_values(["image_id", "class_name"], kind="stable")
     # Row ranges of each (image, class) group in the sorted table: one pass, no groupby objects.
     img = dets["image_id"].to_numpy()
-    cls = dets["class_name"].to_numpy()
+    cls = dets["class_name"].to_numpy(dtype=object)
     new = np.r_[True, (img[1:] != img[:-1]) | (cls[1:] != cls[:-1])] if len(dets) else []
     starts = np.flatnonzero(new)
     ends = np.r_[starts[1:], len(dets)]
-    index = {
-        (int(dets["image_id"].iat[s]), dets["class_name"].iat[s]): (s, e)
-        for s, e in zip(starts, ends)
-    }
+    index = {(int(img[s]), cls[s]): (s, e) for s, e in zip(starts.tolist(), ends.tolist())}
     counts = dets["rle_counts"].to_numpy()
     heights = dets["height"].to_numpy()
     widths = dets["width"].to_numpy()
@@ -215,10 +212,10 @@ def build_pseudo_labels(
         raise MatchingInputError(
             f"detections: image {row['image_id']} has an 'ok' row without class or mask"
         )
-    present = {
-        int(i): frozenset(g)
-        for i, g in kept.groupby("image_id", sort=False)["class_name"].unique().items()
-    }
+    present: dict[int, set[str]] = {}
+    unique_pairs = kept[["image_id", "class_name"]].drop_duplicates()
+    for iid, cname in zip(unique_pairs["image_id"].tolist(), unique_pairs["class_name"].tolist()):
+        present.setdefault(iid, set()).add(cname)
     vocabulary = set(detections["class_name"].dropna().unique())
     mentions = find_mentions(captions, lexicon.with_classes(vocabulary), present)
     matched = mentions[mentions["class_name"].notna()]
