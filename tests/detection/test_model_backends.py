@@ -59,7 +59,7 @@ TV = {"min_size": 64, "max_size": 96, "options": OPTIONS}
 
 
 @pytest.mark.slow
-def test_torchvision_end_to_end_on_cpu(toy, tmp_path, weights_file, caplog):
+def test_torchvision_end_to_end_on_cpu(toy, tmp_path, weights_file):
     params = {
         "backend": "torchvision",
         "weights": str(weights_file),
