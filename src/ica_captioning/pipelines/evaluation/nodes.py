@@ -36,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "split": "test",
     "max_images": None,
     "device": "cpu",
-    "batch_size": 50,
+    "batch_size": 100,
     "beam_size": 3,
     "max_len": 20,
     "length_penalty": 0.0,
