@@ -47,6 +47,11 @@ def m(text, classes):
         ("holding a tennis racket", {"tennis racket"}, [(3, "tennis racket")]),
         ("a hotdog", {"hot dog"}, [(1, "hot dog")]),
         (
+            "a laptop computer and a computer keyboard",
+            {"laptop", "keyboard"},
+            [(2, "laptop"), (6, "keyboard")],
+        ),  # one mention each, at the head noun
+        (
             "fire hydrants and stop signs",
             {"fire hydrant", "stop sign"},
             [(1, "fire hydrant"), (4, "stop sign")],
