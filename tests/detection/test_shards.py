@@ -13,7 +13,7 @@ from ica_captioning.detection import (
     run_sharded,
 )
 from ica_captioning.detection.annotations import AnnotationsBackend
-from ica_captioning.detection.base import DetectorBackend
+from ica_captioning.detection.base import DetectorBackend, quarantine_row
 
 
 class Counting(DetectorBackend):
@@ -140,6 +140,11 @@ class Wrong(DetectorBackend):
     def detect(self, records):
         if self.mode == "skip":
             return [], []
+        if self.mode == "undecodable":
+            return [], [
+                quarantine_row("detection", r.path, r.image_id, r.image_id, "broken")
+                for r in records
+            ]
         # Mask of the wrong size.
         return [
             ImageDetections(
@@ -165,3 +170,22 @@ def test_backend_losing_an_image_is_an_error(toy, tmp_path):
     images = many_images(toy, 2)
     with pytest.raises(RuntimeError, match=r"no result for image\(s\) \[1, 2\]"):
         run_sharded(Wrong("skip"), image_records(images, toy.root), tmp_path, 4, progress=False)
+
+
+def test_image_id_zero_and_bad_images_tables(toy, tmp_path):
+    from ica_captioning.detection import validate_images_table
+
+    images = many_images(toy, 2)
+    images["image_id"] = [0, 1]  # Flickr's Karpathy ids start at 0
+    records = image_records(validate_images_table(images), toy.root)
+    rep = run_sharded(Wrong("undecodable"), records, tmp_path, 4, progress=False)
+    detections, quarantine = merge_shards(rep["run_dir"].iat[0], records, 4)
+    assert detections.empty and quarantine["image_id"].tolist() == [0, 1]
+    with pytest.raises(DetectionConfigError, match=r"lacks column\(s\) \['width'\]"):
+        validate_images_table(images.drop(columns="width"))
+    nulls = images.astype({"width": "float"})
+    nulls.loc[1, "width"] = None
+    with pytest.raises(DetectionConfigError, match=r"missing or non-positive width .*\[1\]"):
+        validate_images_table(nulls)
+    with pytest.raises(DetectionConfigError, match=r"repeats image_id\(s\) \[0\]"):
+        validate_images_table(images.assign(image_id=[0, 0]))

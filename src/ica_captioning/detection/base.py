@@ -203,7 +203,8 @@ def validate_images_table(images: pd.DataFrame) -> pd.DataFrame:
     """Check the ``images`` table has what detection needs; return it sorted by ``image_id``.
 
     Raises:
-        DetectionConfigError: a required column is missing or image ids repeat.
+        DetectionConfigError: a required column is missing, a size is missing or not positive,
+            or image ids repeat.
     """
     missing = [c for c in IMAGE_COLUMNS if c not in images.columns]
     if missing:
@@ -211,6 +212,13 @@ def validate_images_table(images: pd.DataFrame) -> pd.DataFrame:
             f"images table lacks column(s) {missing}; it has {list(images.columns)} "
             "(see docs/contracts.md, ingestion)"
         )
+    for col in ("image_id", "width", "height"):
+        bad = images.loc[images[col].isna(), "image_id"]
+        if len(bad) or (col != "image_id" and (images[col].fillna(1) <= 0).any()):
+            raise DetectionConfigError(
+                f"images table has missing or non-positive {col} (image_id(s) "
+                f"{bad.tolist()[:10]}); image sizes come from ingestion's image validation"
+            )
     dup = images["image_id"][images["image_id"].duplicated()]
     if len(dup):
         raise DetectionConfigError(

@@ -186,7 +186,8 @@ def _check_results(
     ``quarantine``). A missing or unexpected image is a backend bug and raises.
     """
     by_id = {r.image_id: r for r in batch}
-    seen = [r.image_id for r in results] + [q["image_id"] for q in quarantine if q["image_id"]]
+    seen = [r.image_id for r in results]
+    seen += [q["image_id"] for q in quarantine if q["image_id"] is not None]  # ids may be 0
     missing = sorted(set(by_id) - set(seen))
     extra = sorted(set(seen) - set(by_id))
     if missing or extra:
