@@ -12,6 +12,7 @@ from ica_captioning.detection.rle import (
     rle_areas,
     rle_boxes,
     rle_string_to_counts,
+    rle_strings_to_counts,
     union_rle,
 )
 
@@ -27,7 +28,7 @@ masks_strategy = st.tuples(
 ).map(lambda a: (np.random.default_rng(a[3]).random((a[0], a[1], a[2])) < 0.4).astype(np.uint8))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(masks_strategy)
 def test_encode_decode_round_trip(masks):
     counts = encode_masks(masks)
@@ -40,7 +41,7 @@ def test_encode_decode_round_trip(masks):
         assert c == ref
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(masks_strategy)
 def test_rle_string_to_counts_matches_pycocotools(masks):
     _, h, w = masks.shape
@@ -89,3 +90,20 @@ def test_empty_inputs():
 def test_invalid_compressed_strings_raise(bad, match):
     with pytest.raises(ValueError, match=match):
         rle_string_to_counts(bad)
+
+
+@settings(max_examples=25, deadline=None)
+@given(masks_strategy)
+def test_batched_string_decoding_equals_one_by_one(masks):
+    counts = encode_masks(masks)
+    runs, owner = rle_strings_to_counts(counts)
+    for i, c in enumerate(counts):
+        np.testing.assert_array_equal(runs[owner == i], rle_string_to_counts(c))
+
+
+def test_batched_string_decoding_names_the_bad_string():
+    good = encode_masks(np.ones((3, 3), dtype=np.uint8))[0]
+    with pytest.raises(ValueError, match="compressed RLE 1 is truncated"):
+        rle_strings_to_counts([good, "1o", good])
+    with pytest.raises(ValueError, match="compressed RLE 2 decodes to a negative"):
+        rle_strings_to_counts([good, good, "4A"])

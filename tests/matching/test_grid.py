@@ -11,6 +11,7 @@ from ica_captioning.matching.grid import (
     dense_cell_fractions,
     pack_grids,
     rle_cell_fractions,
+    rle_cell_fractions_batch,
     unpack_grid,
 )
 
@@ -96,3 +97,26 @@ def test_packing_is_np_packbits_row_major():
     for p, grid in zip(packed, grids):
         assert p == np.packbits(grid.reshape(196)).tobytes()
         np.testing.assert_array_equal(unpack_grid(p, 14), grid)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(1, 30),
+    st.integers(1, 30),
+    st.sampled_from([1, 2, 5, 14]),
+    st.lists(st.floats(0.0, 1.0), min_size=1, max_size=6),
+    st.integers(0, 2**31 - 1),
+)
+def test_batched_reduction_equals_exact_reference(h, w, g, densities, seed):
+    rng = np.random.default_rng(seed)
+    masks = np.stack([(rng.random((h, w)) < d).astype(np.uint8) for d in densities])
+    batch = rle_cell_fractions_batch(encode_masks(masks), h, w, g)
+    for got, mask in zip(batch, masks):
+        np.testing.assert_allclose(got, kron_reference(mask, g), atol=1e-9)
+
+
+def test_batched_reduction_names_the_bad_mask():
+    good = encode_masks(np.ones((4, 5), dtype=np.uint8))
+    other = encode_masks(np.ones((4, 6), dtype=np.uint8))
+    with pytest.raises(ValueError, match="RLE mask 1 covers 24 pixels"):
+        rle_cell_fractions_batch(good + other, 4, 5, 2)

@@ -147,3 +147,58 @@ def rle_string_to_counts(counts: str | bytes) -> np.ndarray:
     if (out < 0).any():
         raise ValueError("compressed RLE decodes to a negative run length")
     return out
+
+
+def rle_strings_to_counts(counts: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Decode many compressed RLE strings at once (vectorised over all of them).
+
+    Args:
+        counts: ``K`` compressed RLE strings.
+
+    Returns:
+        ``runs`` ``[V]`` int64 run lengths of all strings, concatenated, and ``owner`` ``[V]``
+        int64: the index of the string each run belongs to (non-decreasing).
+
+    Raises:
+        ValueError: a string is not a valid compressed RLE (names its index).
+    """
+    pieces = [c.encode("ascii") if isinstance(c, str) else bytes(c) for c in counts]
+    lens = np.array([len(p) for p in pieces], dtype=np.int64)
+    chars = np.frombuffer(b"".join(pieces), dtype=np.uint8).astype(np.int64) - 48
+    if chars.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    if chars.min() < 0 or chars.max() > 63:
+        bad = np.searchsorted(
+            np.cumsum(lens), np.flatnonzero((chars < 0) | (chars > 63))[0], "right"
+        )
+        raise ValueError(f"compressed RLE {bad} contains characters outside '0'..'o'")
+    more = (chars & 0x20) != 0
+    last = np.cumsum(lens)[lens > 0] - 1
+    if more[last].any():
+        bad = np.flatnonzero(lens > 0)[np.flatnonzero(more[last])[0]]
+        raise ValueError(f"compressed RLE {bad} is truncated (last character says more follow)")
+    ends = np.flatnonzero(~more)  # last character of every value
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    group = np.repeat(np.arange(ends.size), ends - starts + 1)
+    shift = 5 * (np.arange(chars.size) - starts[group])
+    values = np.add.reduceat((chars & 0x1F) << shift, starts)  # [V]
+    negative = (chars[ends] & 0x10) != 0
+    values = np.where(negative, values | (-1 << (shift[ends] + 5)), values)
+    owner = np.searchsorted(np.cumsum(lens), ends, side="right")  # [V] string of each value
+    first = np.searchsorted(owner, np.arange(len(pieces)))  # first value of each string
+    m = np.arange(values.size) - first[owner]  # index of the value inside its string
+    # Delta coding: counts[m] = x[m] + counts[m - 2] for m > 2, i.e. running sums along two
+    # chains per string (odd m; even m >= 2), with m = 0 on its own.
+    chain = owner * 3 + np.where(m % 2 == 1, 1, np.where(m == 0, 0, 2))
+    order = np.argsort(chain, kind="stable")
+    xs = values[order]
+    total = np.cumsum(xs)
+    new = np.r_[True, chain[order][1:] != chain[order][:-1]]
+    base = np.maximum.accumulate(np.where(new, np.arange(xs.size), 0))
+    before = np.where(base > 0, total[base - 1], 0)
+    runs = np.empty_like(values)
+    runs[order] = total - before
+    if (runs < 0).any():
+        bad = owner[np.flatnonzero(runs < 0)[0]]
+        raise ValueError(f"compressed RLE {bad} decodes to a negative run length")
+    return runs, owner

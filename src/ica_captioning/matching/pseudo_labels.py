@@ -18,7 +18,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ica_captioning.detection.rle import union_rle
-from ica_captioning.matching.grid import binarize_fractions, pack_grids, rle_cell_fractions
+from ica_captioning.matching.grid import (
+    binarize_fractions,
+    pack_grids,
+    rle_cell_fractions,
+    rle_cell_fractions_batch,
+)
 from ica_captioning.matching.lexicon import Lexicon
 
 logger = logging.getLogger(__name__)
@@ -138,22 +143,43 @@ def class_grids(
     grids: list[bytes | None] = [None] * n
     fallback = np.zeros(n, dtype=bool)
     empty = np.zeros(n, dtype=bool)
-    buf = np.zeros((min(chunk, max(n, 1)), grid_size, grid_size))  # [chunk, G, G] fractions
     items = list(zip(pairs["image_id"].tolist(), pairs["class_name"].tolist()))
     bar = tqdm(total=n, unit="grid", desc="matching grids", disable=not progress)
     for c0 in range(0, n, chunk):
         block = items[c0 : c0 + chunk]
-        for j, (iid, cname) in enumerate(block):
+        unions: list[str] = []
+        sizes: list[tuple[int, int]] = []
+        for iid, cname in block:
             s, e = index[(iid, cname)]
             h, w = int(heights[s]), int(widths[s])
             try:
-                union = union_rle(list(counts[s:e]), h, w)
-                buf[j] = rle_cell_fractions(union, h, w, grid_size)
-            except (ValueError, TypeError, UnicodeEncodeError) as err:
+                unions.append(union_rle(list(counts[s:e]), h, w))
+            except (ValueError, TypeError) as err:
                 raise MatchingInputError(
                     f"detections: corrupt mask of class '{cname}' in image {iid}: {err}"
                 ) from err
-        frac = buf[: len(block)]
+            sizes.append((h, w))
+        frac = np.zeros((len(block), grid_size, grid_size))  # [B, G, G]
+        # One vectorised reduction per mask size (COCO has a few hundred sizes).
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for j, hw in enumerate(sizes):
+            by_size.setdefault(hw, []).append(j)
+        for (h, w), members in by_size.items():
+            try:
+                frac[members] = rle_cell_fractions_batch(
+                    [unions[j] for j in members], h, w, grid_size
+                )
+            except (ValueError, UnicodeEncodeError) as err:
+                # Find the culprit for the message (rare path: corrupt input).
+                for j in members:
+                    try:
+                        rle_cell_fractions(unions[j], h, w, grid_size)
+                    except (ValueError, UnicodeEncodeError) as one:
+                        iid, cname = block[j]
+                        raise MatchingInputError(
+                            f"detections: corrupt mask of class '{cname}' in image {iid}: {one}"
+                        ) from err
+                raise
         binary, fb = binarize_fractions(frac, cell_threshold)
         is_empty = frac.reshape(len(block), -1).max(axis=1) <= 0
         packed = pack_grids(binary)
