@@ -205,7 +205,9 @@ def beam_search_features(
 
         backpointers.append(src)
         step_tokens.append(tokens)
-        step_alphas.append(alpha.view(batch, width, num_cells).gather(1, _expand(src, num_cells)))
+        step_alphas.append(
+            alpha.reshape(batch, width, num_cells).gather(1, _expand(src, num_cells))
+        )
         inputs = tokens.view(-1)
         width = k
         if bool((finished | torch.isinf(scores)).all()):
