@@ -74,6 +74,23 @@ def project_with_reports(tmp_path):
             "attention_figures",
             {"image_1.png": attention_figure(image, [("SAT", ["a", "star"], maps)])},
         )
+        catalog.save(
+            "grounding_words",
+            pd.DataFrame(
+                {
+                    "variant": ["baseline", "ica"],
+                    "captions": ["generated"] * 2,
+                    "masks": ["pseudo_labels"] * 2,
+                    "class_name": ["star"] * 2,
+                    "attention_correctness": [0.3, 0.5],
+                }
+            ),
+        )
+        for variant, caption in (("baseline", "a red star"), ("ica", "a yellow star")):
+            catalog.save(
+                f"{variant}.generated_captions",
+                pd.DataFrame({"image_id": [1], "caption": [caption], "tokens": [caption.split()]}),
+            )
         history = pd.DataFrame({"epoch": [1, 2], "train_ce": [3.0, 2.0]})
         catalog.save("training_curves", training_curves_figure({"SAT": history}))
     return tmp_path
@@ -98,5 +115,6 @@ def test_notebook_executes_top_to_bottom(project_with_reports, monkeypatch):
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
     assert "+ICA Loss" in html and "Show-Attend-Tell" in html  # Table 1 rendered
     assert "jars missing" in html  # the SPICE reason is shown
+    assert "a yellow star" in html  # generated captions side by side
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 2  # one attention figure + the training curves
