@@ -158,21 +158,29 @@ def rle_cell_fractions_batch(
     start, end = bounds[ones - 1], bounds[ones]
     xs, ys = np.divmod(start, height)
     xe, ye = np.divmod(end, height)
-    # Full columns between start and end: cy[H] ⊗ Σ (cx[xe] - cx[xs]).
-    dcx = cx[xe] - cx[xs]  # [R, G]
-    colsum = np.stack([np.bincount(mask, weights=dcx[:, c], minlength=k) for c in range(g)], 1)
-    out = cy[height][None, :, None] * colsum[:, None, :]  # [K, G, G]
-    # Partial columns: + cy[ye] ⊗ rx[xe] - cy[ys] ⊗ rx[xs], scattered to <= 2 columns each.
-    ce, we = _column_cells(xe, width, g)
-    cs, ws = _column_cells(xs, width, g)
-    keys = np.concatenate(
-        [mask * g + ce[:, 0], mask * g + ce[:, 1], mask * g + cs[:, 0], mask * g + cs[:, 1]]
-    )  # [4R] (mask, cell column)
-    weight = np.concatenate([we[:, 0], we[:, 1], -ws[:, 0], -ws[:, 1]]).astype(np.float64)
-    rows = np.concatenate([ye, ye, ys, ys])
-    for r in range(g):
-        part = np.bincount(keys, weights=cy[rows, r] * weight, minlength=k * g)  # [K G]
-        out[:, r, :] += part.reshape(k, g)
+    out = np.zeros((k * g, g))  # [(mask, cell column), cell row]
+    # Most runs stay in one pixel column: F(end) - F(start) = (cy[ye] - cy[ys]) ⊗ rx[x].
+    same = xs == xe
+    cross = ~same
+    # A run crossing columns adds cy[H] ⊗ (cx[xe] - cx[xs]) + cy[ye] ⊗ rx[xe] - cy[ys] ⊗ rx[xs].
+    if cross.any():
+        dcx = cx[xe[cross]] - cx[xs[cross]]  # [Rc, G] per cell column
+        keys = (mask[cross][:, None] * g + np.arange(g)[None, :]).ravel()
+        colsum = np.bincount(keys, weights=dcx.ravel(), minlength=k * g)  # [K G]
+        out += colsum[:, None] * cy[height][None, :]
+    rows = np.concatenate([cy[ye[same]] - cy[ys[same]], cy[ye[cross]], -cy[ys[cross]]])  # [E, G]
+    xcol = np.concatenate([xe[same], xe[cross], xs[cross]])
+    owner_e = np.concatenate([mask[same], mask[cross], mask[cross]])
+    cells, weights = _column_cells(xcol, width, g)  # [E, 2] each
+    for side in (0, 1):
+        used = weights[:, side] > 0
+        keys = owner_e[used] * g + cells[used, side]
+        vals = rows[used] * weights[used, side][:, None]  # [E', G]
+        # Scatter-add into [(mask, cell column), G]: one bincount per cell row beats np.add.at.
+        for r in range(g):
+            out[:, r] += np.bincount(keys, weights=vals[:, r], minlength=k * g)
+    # [(K G), G] indexed (mask, column) x row -> [K, G rows, G columns]
+    out = out.reshape(k, g, g).transpose(0, 2, 1)
     return out / (height * width)
 
 
