@@ -183,3 +183,19 @@ def test_unused_import_guard():
     # ToyDecoder must expose the contract interface used above.
     dec = ToyDecoder(vocab=5, dim=2)
     assert hasattr(dec, "init_state") and hasattr(dec, "step")
+
+
+def test_teacher_forcing_mixed_lengths_equals_one_caption_at_a_time(toy_decoder, toy_features):
+    rng = torch.Generator().manual_seed(5)
+    lengths = [3, 0, 5, 1, 5, 2]  # words per caption
+    width = max(lengths) + 2
+    ids = torch.full((len(lengths), width), PAD, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        words = torch.randint(4, 7, (n,), generator=rng)
+        ids[i, : n + 2] = torch.cat([torch.tensor([START]), words, torch.tensor([END])])
+    got = teacher_forced_alphas(toy_decoder, toy_features, ids)
+    assert got.shape == (len(lengths), width - 1, toy_features.shape[1])
+    for i, n in enumerate(lengths):
+        alone = teacher_forced_alphas(toy_decoder, toy_features[i : i + 1], ids[i : i + 1, : n + 2])
+        torch.testing.assert_close(got[i, : n + 1], alone[0])
+        assert (got[i, n + 1 :] == 0).all()  # padding steps are not computed

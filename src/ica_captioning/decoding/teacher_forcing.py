@@ -11,21 +11,29 @@ from ica_captioning.decoding.beam_search import StepDecoder
 
 
 @torch.inference_mode()
-def teacher_forced_alphas(decoder: StepDecoder, features: Tensor, ids: Tensor) -> Tensor:
+def teacher_forced_alphas(
+    decoder: StepDecoder, features: Tensor, ids: Tensor, pad_id: int = 0
+) -> Tensor:
     """Attention of every word of given captions.
 
     Step ``i`` is fed ``ids[:, i]`` (``<start>`` at ``i = 0``) and predicts word ``i``, so its
     attention map belongs to token position ``i`` (``docs/contracts.md`` alignment).
+
+    Captions are decoded longest first and step ``t`` runs only on the captions that still have
+    a token to predict — a prefix of the sorted batch, so features and state are sliced as views,
+    without copies. Padding steps are never computed (their output rows are zero), which saves
+    the work a padded batch of captions of mixed lengths would waste.
 
     Args:
         decoder: object with ``init_state`` / ``step`` (the contract's ``model.decoder``).
         features: ``[N, L, D]`` features, one row per caption (repeat an image's features for
             each of its captions).
         ids: ``[N, S]`` long, ``[<start>, w_0, ..., w_{n-1}, <end>, <pad>...]``.
+        pad_id: id of ``<pad>`` (the caption's length is its number of non-pad ids).
 
     Returns:
         ``[N, S - 1, L]`` float: row ``i`` is the attention of the step predicting ``ids[:, i+1]``
-        (word ``i``, then ``<end>``, then padding steps whose values are meaningless).
+        (word ``i``, then ``<end>``), zeros after the caption's last token.
     """
     if features.dim() != 3 or ids.dim() != 2 or features.shape[0] != ids.shape[0]:
         raise ValueError(
@@ -38,10 +46,26 @@ def teacher_forced_alphas(decoder: StepDecoder, features: Tensor, ids: Tensor) -
     if n == 0 or steps <= 0:
         return out
     ids = ids.to(features.device).long()
-    state = tuple(decoder.init_state(features))
+    # Steps a caption needs: one per token after <start> (its non-pad ids minus one).
+    needed = ((ids != pad_id).sum(dim=1) - 1).clamp(min=0)  # [N]
+    order = torch.argsort(needed, descending=True, stable=True)  # [N] longest first
+    needed_sorted = needed[order].tolist()
+    feats = features.index_select(0, order)  # [N, L, D]
+    ids_sorted = ids.index_select(0, order)  # [N, S]
+    state = tuple(decoder.init_state(feats))
+    out_sorted = torch.zeros_like(out)
+    active = n
     for t in range(steps):
-        _, alpha, state = decoder.step(features, ids[:, t], state)
-        out[:, t] = alpha.float()
+        # Captions needing more than t steps form a prefix of the sorted batch.
+        while active > 0 and needed_sorted[active - 1] <= t:
+            active -= 1
+        if active == 0:
+            break
+        if active < state[0].shape[0]:
+            state = tuple(s[:active] for s in state)
+        _, alpha, state = decoder.step(feats[:active], ids_sorted[:active, t], state)
+        out_sorted[:active, t] = alpha.float()
+    out[order] = out_sorted
     return out
 
 
