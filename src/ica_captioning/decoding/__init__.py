@@ -7,7 +7,8 @@ from ica_captioning.decoding.beam_search import (
     beam_search_features,
     concat_outputs,
 )
-from ica_captioning.decoding.teacher_forcing import reference_alphas, teacher_forced_alphas
+from ica_captioning.decoding.runner import decode_split
+from ica_captioning.decoding.teacher_forcing import teacher_forced_alphas
 
 __all__ = [
     "BeamSearchOutput",
@@ -15,6 +16,6 @@ __all__ = [
     "beam_search",
     "beam_search_features",
     "concat_outputs",
-    "reference_alphas",
+    "decode_split",
     "teacher_forced_alphas",
 ]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
@@ -67,48 +65,3 @@ def teacher_forced_alphas(
         out_sorted[:active, t] = alpha.float()
     out[order] = out_sorted
     return out
-
-
-@torch.inference_mode()
-def reference_alphas(
-    model: Any, images: Tensor, image_index: Tensor, ids: Tensor, batch_size: int = 256
-) -> Tensor:
-    """Teacher-forced attention for many captions of a few images.
-
-    Args:
-        model: captioner with ``encode`` and ``decoder`` (contract interface).
-        images: ``[M, 3, H, W]`` ImageNet-normalised images.
-        image_index: ``[N]`` long, the row of ``images`` each caption describes.
-        ids: ``[N, S]`` long encoded captions (``<start> ... <end>`` then ``<pad>``).
-        batch_size: captions decoded together.
-
-    Returns:
-        ``[N, S - 1, L]`` attention maps (see :func:`teacher_forced_alphas`).
-    """
-    if hasattr(model, "eval"):
-        model.eval()
-    try:
-        device = next(model.parameters()).device
-    except (AttributeError, StopIteration):
-        device = torch.device("cpu")
-    if len(images) == 0:
-        raise ValueError("no images to encode")
-    encode_batch = 64  # images per encoder call: bounds activation memory on CPU and GPU
-    features = torch.cat(
-        [
-            model.encode(images[lo : lo + encode_batch].to(device))
-            for lo in range(0, len(images), encode_batch)
-        ]
-    )  # [M, L, D]
-    image_index = image_index.to(features.device).long()
-    parts = [
-        teacher_forced_alphas(
-            model.decoder,
-            features.index_select(0, image_index[lo : lo + batch_size]),
-            ids[lo : lo + batch_size],
-        )
-        for lo in range(0, ids.shape[0], batch_size)
-    ]
-    if not parts:
-        return torch.zeros(0, max(ids.shape[1] - 1, 0), features.shape[1], device=features.device)
-    return torch.cat(parts)
