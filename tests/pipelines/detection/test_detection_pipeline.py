@@ -66,6 +66,7 @@ def test_detection_pipeline_writes_detections_and_resumes(project, tmp_path):
         image_records(toy.images, toy.root)
     )
     expected = detections_frame(results)
+
     def plain(frame):
         frame = frame.drop(columns="box").astype(object)
         return frame.where(frame.notna(), None)
