@@ -55,6 +55,12 @@ def test_ptb_tokenize_matches_pycocoevalcap():
     assert ours[1][2] == "there 's a red disc next to two blocks"
 
 
+@needs_java
+def test_ptb_tokenize_keeps_alignment_with_line_breaks_inside_captions():
+    out, _ = cm.ptb_tokenize({1: ["A red\rcircle.", "two\nstars"], 2: ["A heart."]})
+    assert out == {1: ["a red circle", "two stars"], 2: ["a heart"]}
+
+
 @pytest.mark.slow
 @needs_java
 def test_caption_metrics_equal_pycocoevalcap_scorers():

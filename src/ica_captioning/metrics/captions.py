@@ -166,7 +166,8 @@ def ptb_tokenize(captions: Mapping[Any, Sequence[str]]) -> tuple[dict[Any, list[
         ``"python-approximation: <reason>"`` when Java is unavailable.
     """
     keys = [k for k, caps in captions.items() for _ in caps]
-    sentences = [c.replace("\n", " ") for caps in captions.values() for c in caps]
+    # One sentence per line: line breaks inside a caption (\n, \r) would shift every later line.
+    sentences = [" ".join(c.split()) for caps in captions.values() for c in caps]
     avail = ptb_availability()
     out: dict[Any, list[str]] = {k: [] for k in captions}
     if not sentences:
