@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -35,7 +36,8 @@ def attention_figure(
         rows: per model ``(label, words, maps [n, G, G])``; one figure row each.
         max_words: words shown per row (the rest are listed in the row label).
         title: figure title.
-        overlay_alpha: opacity of the attention heat map.
+        overlay_alpha: opacity of the heat map where attention is highest (it fades to fully
+            transparent where attention is zero).
 
     Returns:
         The figure.
@@ -44,24 +46,29 @@ def attention_figure(
         raise ValueError(f"image must be [H, W, 3], got {image.shape}")
     height, width = image.shape[:2]
     cols = 1 + max(1, min(max_words, max((len(w) for _, w, _ in rows), default=1)))
-    fig = Figure(figsize=(1.6 * cols, 1.9 * max(1, len(rows))), dpi=100)
+    fig = Figure(figsize=(1.6 * cols, 2.1 * max(1, len(rows))), dpi=100)
     axes = fig.subplots(max(1, len(rows)), cols, squeeze=False)
-    for r, (label, words, maps) in enumerate(rows):
-        maps = np.asarray(maps, dtype=np.float32)
+    # One colour scale for the whole figure (both models, all words): a diffuse map stays faint
+    # and a peaked one bright, so the rows can be compared at a glance.
+    shown = [np.asarray(m, dtype=np.float32)[: min(len(w), max_words)] for _, w, m in rows]
+    vmax = max((float(m.max()) for m in shown if m.size), default=1.0) or 1.0
+    cmap = matplotlib.colormaps["jet"]
+    for r, (label, words, _) in enumerate(rows):
+        maps = shown[r]
         ax = axes[r, 0]
         ax.imshow(image)
         caption = " ".join(words) if len(words) else "(empty caption)"
-        ax.set_title(label, fontsize=8, fontweight="bold")
-        ax.set_xlabel(_wrap(caption, 28), fontsize=6)
+        ax.set_title(f"{label}\n{_wrap(caption, 26)}", fontsize=7, loc="left")
         for c in range(1, cols):
             ax = axes[r, c]
             i = c - 1
-            if i < len(words):
-                heat = upsample_attention(maps[i], height, width)
+            if i < len(maps):
+                heat = np.clip(upsample_attention(maps[i], height, width) / vmax, 0.0, 1.0)
+                rgba = cmap(heat)  # [H, W, 4]
+                # Transparent where the word does not attend: the image shows through.
+                rgba[..., 3] = overlay_alpha * heat
                 ax.imshow(image)
-                # Normalised per word so the location, not the peak height, is what one sees.
-                ax.imshow(heat / max(float(heat.max()), 1e-12), cmap="jet", alpha=overlay_alpha,
-                          vmin=0.0, vmax=1.0)  # fmt: skip
+                ax.imshow(rgba)
                 ax.set_title(words[i], fontsize=8)
             else:
                 ax.set_visible(False)
