@@ -152,3 +152,33 @@ def test_make_run_id():
     assert ev.make_run_id({"run_id": "abc"}) == "abc"
     rid = ev.make_run_id({})
     assert rid.endswith("Z") and rid[4] == "-" and rid.count(".") == 3
+
+
+def test_grounding_rows_exist_when_no_word_names_an_object(eval_inputs):
+    images, refs = ev.select_split(
+        eval_inputs["images"],
+        eval_inputs["captions"],
+        eval_inputs["encoded_captions"],
+        {"split": "test"},
+    )
+    grids, _ = ev.prepare_objects(
+        eval_inputs["images"], eval_inputs["detections"], images, refs, eval_inputs["dataset"],
+        eval_inputs["matching"], {},
+    )  # fmt: skip
+    cells = eval_inputs["matching"]["grid_size"] ** 2
+    generated = pd.DataFrame(
+        {
+            "image_id": images["image_id"],
+            "tokens": [["a", "thing"]] * len(images),
+            "grid_size": eval_inputs["matching"]["grid_size"],
+            "attention": [np.full(2 * cells, 1 / cells, np.float32)] * len(images),
+        }
+    )
+    no_refs = pd.DataFrame(columns=["caption_id", "image_id", "tokens", "grid_size", "attention"])
+    report, words = ev.compute_grounding_metrics(
+        generated, no_refs, generated, no_refs, eval_inputs["pseudo_labels"], grids,
+        eval_inputs["dataset"], eval_inputs["matching"], {}, "r",
+    )  # fmt: skip
+    assert words.empty
+    assert len(report) == 2 * 4 * 4  # variants x (captions, masks) x metrics
+    assert (report["count"] == 0).all() and report["value"].isna().all()

@@ -297,8 +297,8 @@ def _grounding_words(
     grids: pd.DataFrame,
     lexicon: Lexicon,
     mass: float,
-) -> pd.DataFrame:
-    """Per-word grounding rows of one model for every (captions, masks) combination."""
+) -> list[tuple[str, str, pd.DataFrame]]:
+    """Per-word grounding rows of one model: ``(captions, masks, table)`` per combination."""
     gen = generated.assign(caption_key=generated["image_id"])
     ref = reference_attention.assign(caption_key=reference_attention["caption_id"])
     gen_att = attention_maps(gen, "caption_key")
@@ -310,7 +310,7 @@ def _grounding_words(
             continue
         # Generated captions: the words that name a class with a mask in the image.
         pairs = mention_pairs(gen[["caption_key", "image_id", "tokens"]], g, lexicon)
-        words.append(pair_scores(pairs, gen_att, mass).assign(captions="generated", masks=masks))
+        words.append(("generated", masks, pair_scores(pairs, gen_att, mass)))
         if masks == "pseudo_labels":
             # Reference captions against the pseudo-labels the ICA loss was trained on.
             pl = pseudo_labels[pseudo_labels["caption_id"].isin(ref["caption_id"])]
@@ -323,8 +323,8 @@ def _grounding_words(
                                 "grid_size", "grid"]]  # fmt: skip
         else:
             pairs = mention_pairs(ref[["caption_key", "image_id", "tokens"]], g, lexicon)
-        words.append(pair_scores(pairs, ref_att, mass).assign(captions="reference", masks=masks))
-    return pd.concat(words, ignore_index=True)
+        words.append(("reference", masks, pair_scores(pairs, ref_att, mass)))
+    return words
 
 
 def compute_grounding_metrics(
@@ -353,10 +353,14 @@ def compute_grounding_metrics(
         ("baseline", baseline_generated, baseline_reference_attention),
         ("ica", ica_generated, ica_reference_attention),
     ):
-        words = _grounding_words(gen, ref, pseudo_labels, grids, lexicon, mass)
-        summary = summarize(words, by=["captions", "masks"])
-        reports.append(with_keys(summary, dataset["name"], variant, cfg["split"], run_id))
-        all_words.append(words.assign(variant=variant))
+        for captions, masks, words in _grounding_words(
+            gen, ref, pseudo_labels, grids, lexicon, mass
+        ):
+            # Summarised per combination so that one without any matched word still gets its
+            # rows (value NaN, count 0) instead of disappearing from the report.
+            summary = summarize(words).assign(captions=captions, masks=masks)
+            reports.append(with_keys(summary, dataset["name"], variant, cfg["split"], run_id))
+            all_words.append(words.assign(variant=variant, captions=captions, masks=masks))
     report = pd.concat(reports, ignore_index=True)
     words = pd.concat(all_words, ignore_index=True)
     words["caption_key"] = words["caption_key"].astype("int64")
