@@ -154,7 +154,9 @@ def test_ddp_two_processes_equal_single_process_on_combined_batch(data, tmp_path
     init = trainer_mod.build_captioner(single_cfg, len(data["vocabulary"]["itos"]))
     changed = 0
     for k, v in single["state_dict"].items():
-        torch.testing.assert_close(ddp["state_dict"][k], v, rtol=1e-5, atol=1e-6)
+        # Adam turns round-off in near-zero gradients into up to ±lr steps; 1e-5 is 0.1 % of the
+        # step size (lr = 0.01) and far below any real discrepancy.
+        torch.testing.assert_close(ddp["state_dict"][k], v, rtol=1e-4, atol=1e-5)
         changed += not torch.equal(v, init.state_dict()[k])
     assert changed > 5  # the step really moved the decoder
     assert hist["images_per_s"].iloc[0] > 0

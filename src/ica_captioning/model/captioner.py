@@ -46,6 +46,24 @@ class Captioner(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
         self.config = copy.deepcopy(dict(config))
+        dim = encoder.out_dim
+        # Per-channel standardisation of the annotation vectors, fitted on training features
+        # (``fit_feature_stats``). Raw ResNet features share a large positive offset that
+        # saturates the attention MLP's tanh and keeps attention uniform; standardised features
+        # let attention (and the ICA loss) move it. Buffers: saved in the bundle.
+        self.register_buffer("feature_mean", torch.zeros(dim))
+        self.register_buffer("feature_std", torch.ones(dim))
+
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw encoder output ``[B, L, D]`` → standardised annotations ``[B, L, D]``."""
+        return (raw - self.feature_mean.to(raw.dtype)) / self.feature_std.to(raw.dtype)
+
+    @torch.no_grad()
+    def fit_feature_stats(self, raw: torch.Tensor) -> None:
+        """Set the standardisation from raw training features ``[N, L, D]`` (or ``[M, D]``)."""
+        flat = raw.reshape(-1, raw.shape[-1]).double()
+        self.feature_mean.copy_(flat.mean(0).float())
+        self.feature_std.copy_(flat.std(0).clamp_min(1e-3).float())
 
     @property
     def grid_size(self) -> int:
@@ -53,8 +71,8 @@ class Captioner(nn.Module):
         return self.encoder.grid_size
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` normalised images → annotation vectors ``[B, L, D]``."""
-        return self.encoder(images)
+        """``[B, 3, H, W]`` normalised images → (standardised) annotation vectors ``[B, L, D]``."""
+        return self.normalize(self.encoder(images))
 
     def forward(
         self,
@@ -68,7 +86,8 @@ class Captioner(nn.Module):
         Args:
             images: ``[B, 3, H, W]`` normalised images (or pass ``features``).
             inputs: ``[B, T]`` long decoder inputs (``ids[:, :-1]``).
-            features: ``[B, L, D]`` precomputed annotations (e.g. from the feature cache).
+            features: ``[B, L, D]`` annotations as :meth:`encode` returns them (for the raw
+                feature cache: ``normalize(cached)``).
             image_inv: optional ``[B]`` long index: caption ``b`` belongs to image
                 ``image_inv[b]`` of ``images``/``features`` (``[U, ...]``, each image encoded once).
 

@@ -53,7 +53,9 @@ class AttentionDecoder(nn.Module):
         self.init_c = nn.Linear(feature_dim, hidden_dim)
         self.att_features = nn.Linear(feature_dim, attention_dim)
         self.att_hidden = nn.Linear(hidden_dim, attention_dim)
-        self.att_score = nn.Linear(attention_dim, 1)
+        # No bias: softmax is shift-invariant, so a bias would get only round-off gradients
+        # (which Adam would amplify into arbitrary updates).
+        self.att_score = nn.Linear(attention_dim, 1, bias=False)
         self.gate = nn.Linear(hidden_dim, 1)
         self.lstm = nn.LSTMCell(embed_dim + feature_dim, hidden_dim)
         self.out_hidden = nn.Linear(hidden_dim, embed_dim)

@@ -32,6 +32,7 @@ DEFAULT_ENCODER_CONFIG: dict[str, Any] = {
     "image_size": 128,
     "fine_tune_blocks": 0,
     "init_seed": 0,
+    "standardize": True,
 }
 
 

@@ -69,8 +69,7 @@ def loss_terms(
 
         valid = ica_valid & mask
         n_pairs = int(valid.sum())
-        # ica_loss returns the mean over valid pairs; × n_pairs turns it back into a sum.
-        ica_sum = ica_loss(alphas, ica_targets, valid, mapping=mapping) * n_pairs
+        ica_sum = ica_loss(alphas, ica_targets, valid, mapping=mapping, reduction="sum")
     return LossTerms(
         ce_sum=ce_sum,
         dsr_sum=dsr_sum,

@@ -63,6 +63,7 @@ DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
     "decoder": {},
     "epochs": 6,
     "batch_size": 64,
+    "bucket_batches": 20,
     "lr": 2e-3,
     "encoder_lr": 1e-4,
     "weight_decay": 0.0,
@@ -99,6 +100,7 @@ _RESUME_KEYS = (
     "encoder",
     "decoder",
     "batch_size",
+    "bucket_batches",
     "lr",
     "encoder_lr",
     "weight_decay",
@@ -393,16 +395,54 @@ def _make_scheduler(
     raise ValueError(f"train.lr_schedule.type must be none, step or cosine, got {kind!r}")
 
 
-def _epoch_batches(n: int, batch_size: int, world: int, rank: int, seed: int, epoch: int):
-    """This rank's share of each global batch of a seeded permutation (same on every rank)."""
-    perm = np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+def _epoch_batches(
+    lengths: np.ndarray,
+    batch_size: int,
+    world: int,
+    rank: int,
+    seed: int,
+    epoch: int,
+    bucket_batches: int = 0,
+) -> list[np.ndarray]:
+    """This rank's share of each global batch of a seeded permutation (same on every rank).
+
+    With ``bucket_batches = k > 0`` the permutation is cut into windows of ``k`` global batches
+    and sorted by caption length inside each window, and the batch order is then shuffled:
+    batches hold captions of similar length, so far fewer padded decoder steps are computed,
+    while the epoch stays a seeded random permutation.
+
+    Args:
+        lengths: ``[N]`` caption lengths.
+        batch_size: captions per batch and process.
+        world: number of processes.
+        rank: this process.
+        seed: run seed.
+        epoch: epoch number (1-based).
+        bucket_batches: window size in global batches (0 = no bucketing).
+
+    Returns:
+        This rank's caption-index arrays, one per step.
+    """
+    rng = np.random.default_rng([int(seed), int(epoch)])
+    perm = rng.permutation(len(lengths))
     step = batch_size * world
-    return [np.array_split(perm[i : i + step], world)[rank] for i in range(0, n, step)]
+    if bucket_batches > 0:
+        window = step * int(bucket_batches)
+        perm = np.concatenate(
+            [
+                chunk[np.argsort(lengths[chunk], kind="stable")]
+                for chunk in np.split(perm, range(window, len(perm), window))
+            ]
+        )
+    batches = [perm[i : i + step] for i in range(0, len(perm), step)]
+    if bucket_batches > 0:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return [np.array_split(b, world)[rank] for b in batches]
 
 
 def _features(model: Captioner, batch: Mapping[str, Any], cached: bool, device: torch.device):
     pixels = batch["pixels"].to(device, non_blocking=True)
-    feats = pixels if cached else model.encode(pixels)  # [U, L, D]
+    feats = model.normalize(pixels) if cached else model.encode(pixels)  # [U, L, D]
     return feats[batch["image_inv"].to(device)]  # [B, L, D]
 
 
@@ -434,7 +474,7 @@ def validate(
         sel = torch.from_numpy(val.image_rows[rows[lo : lo + bs]])
         src = job.source(sel).to(device)
         with autocast:
-            feats = src if job.cached else model.encode(src)
+            feats = model.normalize(src) if job.cached else model.encode(src)
             toks, _, lens = greedy_decode(model.decoder, feats, int(cfg["max_decode_len"]))
         for i, words in zip(rows[lo : lo + bs], decode_words(toks, lens, job.vocabulary["itos"])):
             hyps[int(i)] = [" ".join(words) if words else "<empty>"]
@@ -526,6 +566,8 @@ def _train_loop(
     alpha_c = float(cfg["alpha_c"])
     torch.manual_seed(seed)
     model = build_captioner(cfg, len(job.vocabulary["itos"])).to(device)
+    if cfg["encoder"].get("standardize", True):
+        _fit_feature_stats(model, job, device)
     if job.train_set.num_labels == 0 and lam != 0.0:
         logger.warning("λ_aux = %g but the training split has no pseudo-labels: ICA term is 0", lam)
     compute_ica = lam != 0.0
@@ -566,7 +608,6 @@ def _train_loop(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     trainable = [p for g in groups for p in g["params"]]
-    n_train = len(job.train_set)
     bs = int(cfg["batch_size"])
     epochs = int(cfg["epochs"])
     loader_kw: dict[str, Any] = {"batch_size": None, "shuffle": False}
@@ -577,7 +618,15 @@ def _train_loop(
     while state["epoch"] < epochs and not state["stopped"]:
         epoch = state["epoch"] + 1
         model.train()
-        batches = _epoch_batches(n_train, bs, world, rank, seed, epoch)
+        batches = _epoch_batches(
+            job.train_set.lengths,
+            bs,
+            world,
+            rank,
+            seed,
+            epoch,
+            int(cfg.get("bucket_batches", 0) or 0),
+        )
         loader = torch.utils.data.DataLoader(
             BatchDataset(job.train_set, batches, job.source), **loader_kw
         )
@@ -599,7 +648,7 @@ def _train_loop(
                 logits, alphas = ddp(
                     images=None if job.cached else pixels,
                     inputs=inputs,
-                    features=pixels if job.cached else None,
+                    features=model.normalize(pixels) if job.cached else None,
                     image_inv=batch["image_inv"].to(device),
                 )
             terms = loss_terms(
@@ -720,6 +769,17 @@ def _train_loop(
     bundle = make_bundle(model, cfg, job.vocabulary)
     bundle["config"]["trained_epochs"] = state["epoch"]
     return bundle, pd.DataFrame(state["history"])
+
+
+@torch.no_grad()
+def _fit_feature_stats(model: Captioner, job: TrainJob, device: torch.device, n: int = 512) -> None:
+    """Standardisation statistics from the raw features of the first ``n`` training images."""
+    rows = torch.from_numpy(job.train_set.image_rows[:n])
+    chunks = []
+    for lo in range(0, len(rows), 64):
+        src = job.source(rows[lo : lo + 64]).to(device)
+        chunks.append((src if job.cached else model.encoder(src)).float())
+    model.fit_feature_stats(torch.cat(chunks))
 
 
 def _terms_finite(terms: Any) -> bool:
