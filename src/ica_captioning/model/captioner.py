@@ -27,6 +27,7 @@ DEFAULT_DECODER_CONFIG: dict[str, Any] = {
     "hidden_dim": 256,
     "attention_dim": 128,
     "dropout": 0.3,
+    "attention_init_scale": 10.0,
 }
 
 PAD, START, END, UNK = 0, 1, 2, 3
@@ -141,6 +142,7 @@ def build_captioner(config: Mapping[str, Any], vocab_size: int) -> Captioner:
         hidden_dim=dec["hidden_dim"],
         attention_dim=dec["attention_dim"],
         dropout=dec["dropout"],
+        attention_init_scale=dec["attention_init_scale"],
     )
     return Captioner(encoder, decoder, cfg)
 

@@ -485,7 +485,7 @@ def validate(
 
         out["val_cider"] = float(Cider().compute_score(gts, hyps)[0])
     # Teacher-forced losses and attention mass on the labelled pairs.
-    sums = {"ce": 0.0, "ica": 0.0, "mass": 0.0, "tok": 0, "pairs": 0}
+    sums = {"ce": 0.0, "ica": 0.0, "mass": 0.0, "iou": 0.0, "tok": 0, "pairs": 0}
     have_ica = _ica_available()
     for lo in range(0, len(val), bs):
         batch = val.batch(np.arange(lo, min(lo + bs, len(val))))
@@ -503,10 +503,16 @@ def validate(
             sums["ica"] += float(terms.ica_sum)
         mass = (alphas.float() * tg).sum(-1)  # [B, T]
         sums["mass"] += float(mass[valid].sum())
+        # IoU of the cells attended above uniform (α > 1/L) with the mask.
+        hot = alphas.float() > 1.0 / alphas.shape[-1]
+        inter = (hot & tg).sum(-1).float()
+        union = (hot | tg).sum(-1).float().clamp_min(1)
+        sums["iou"] += float((inter / union)[valid].sum())
         sums["pairs"] += int(valid.sum())
     out["val_ce"] = sums["ce"] / max(sums["tok"], 1)
     out["val_ica"] = sums["ica"] / sums["pairs"] if have_ica and sums["pairs"] else math.nan
     out["val_attention_mass"] = sums["mass"] / sums["pairs"] if sums["pairs"] else math.nan
+    out["val_attention_iou"] = sums["iou"] / sums["pairs"] if sums["pairs"] else math.nan
     out["val_labelled_pairs"] = float(sums["pairs"])
     return out
 
