@@ -186,3 +186,26 @@ def test_feature_cache_reuse_and_invalidation(tmp_path):
     torch.save({"x": torch.zeros(3)}, wfile)
     k2 = cache_key({**enc_cfg, "weights": str(wfile)}, [0], ["0.png"], tmp_path, "float32")
     assert k1 != k2
+
+
+def test_epoch_batches_cover_every_caption_once_and_bucket_by_length():
+    from ica_captioning.model.trainer import _epoch_batches
+
+    lengths = np.random.default_rng(1).integers(3, 30, size=203)
+    plain = _epoch_batches(lengths, 8, 1, 0, seed=0, epoch=1)
+    bucketed = _epoch_batches(lengths, 8, 1, 0, seed=0, epoch=1, bucket_batches=5)
+    for batches in (plain, bucketed):
+        assert sorted(np.concatenate(batches).tolist()) == list(range(203))
+    spread = lambda bs: np.mean([np.ptp(lengths[b]) for b in bs])  # noqa: E731
+    assert spread(bucketed) < 0.5 * spread(plain)
+    # Same seed and epoch → same batches; another epoch → another order.
+    again = _epoch_batches(lengths, 8, 1, 0, seed=0, epoch=1, bucket_batches=5)
+    assert all(np.array_equal(a, b) for a, b in zip(bucketed, again))
+    other = _epoch_batches(lengths, 8, 1, 0, seed=0, epoch=2, bucket_batches=5)
+    assert not all(np.array_equal(a, b) for a, b in zip(bucketed, other))
+    # Two ranks split every global batch of the one-process schedule with batch 16.
+    r0 = _epoch_batches(lengths, 8, 2, 0, seed=0, epoch=1, bucket_batches=5)
+    r1 = _epoch_batches(lengths, 8, 2, 1, seed=0, epoch=1, bucket_batches=5)
+    single = _epoch_batches(lengths, 16, 1, 0, seed=0, epoch=1, bucket_batches=5)
+    for a, b, s in zip(r0, r1, single):
+        assert np.array_equal(np.concatenate([a, b]), s)

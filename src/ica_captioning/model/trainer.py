@@ -61,7 +61,7 @@ DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
     "ica_mapping": "scaled",
     "encoder": {},
     "decoder": {},
-    "epochs": 6,
+    "epochs": 4,
     "batch_size": 64,
     "bucket_batches": 20,
     "lr": 2e-3,
