@@ -123,5 +123,9 @@ def test_training_curves_one_panel_per_numeric_column():
     assert titles == ["train_ce", "train_ica", "val_bleu4"]
     ce = next(ax for ax in fig.axes if ax.get_title() == "train_ce")
     assert len(ce.get_lines()) == 2
+    # Settings, flags and timings get no panel.
+    c = a.assign(lambda_aux=0.1, best=[True, False], epoch_time_s=[50.0, 40.0])
+    titles = sorted(ax.get_title() for ax in training_curves_figure({"x": c}).axes)
+    assert titles == ["train_ce", "val_bleu4"]
     empty = training_curves_figure({"SAT": pd.DataFrame()})
     assert any(t.get_text() == "no training history" for ax in empty.axes for t in ax.texts)

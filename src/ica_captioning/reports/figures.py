@@ -93,8 +93,33 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(lines)
 
 
+def _curve_columns(histories: Mapping[str, pd.DataFrame]) -> list[str]:
+    """History columns worth a panel: numeric, not boolean, not timing, varying in some model."""
+    columns: list[str] = []
+    for hist in histories.values():
+        for col in hist.columns:
+            if col == "epoch" or col in columns:
+                continue
+            series = hist[col]
+            if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+                continue
+            # Wall-clock time and throughput depend on the machine, not on the model.
+            if "time" in col or col.endswith("per_s"):
+                continue
+            columns.append(col)
+    # Settings that stay fixed within every run (lambda_aux, a constant lr) need no curve.
+    return [
+        c
+        for c in columns
+        if any(c in h.columns and h[c].nunique(dropna=True) > 1 for h in histories.values())
+    ]
+
+
 def training_curves_figure(histories: Mapping[str, pd.DataFrame], title: str = "") -> Figure:
-    """One panel per numeric history column, one line per model.
+    """One panel per training-history column that changes over epochs, one line per model.
+
+    Numeric columns are drawn except booleans (``best``), timing/throughput columns and columns
+    that are constant within every model (settings such as ``lambda_aux``).
 
     Args:
         histories: label -> training history (one row per epoch; ``epoch`` column used as x when
@@ -102,24 +127,20 @@ def training_curves_figure(histories: Mapping[str, pd.DataFrame], title: str = "
         title: figure title.
 
     Returns:
-        The figure (a single "no history" panel when every table is empty).
+        The figure (a single "no training history" panel when nothing changes or is empty).
     """
-    columns: list[str] = []
-    for hist in histories.values():
-        for col in hist.columns:
-            if col != "epoch" and pd.api.types.is_numeric_dtype(hist[col]) and col not in columns:
-                columns.append(col)
+    columns = _curve_columns(histories)
     n = max(1, len(columns))
     ncols = min(3, n)
     nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(4.0 * ncols, 2.8 * nrows), dpi=100)
+    fig = Figure(figsize=(4.0 * ncols, 2.8 * nrows + 0.4), dpi=100)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for k, col in enumerate(columns):
         ax = axes[k // ncols, k % ncols]
         for label, hist in histories.items():
             if col not in hist.columns or hist.empty:
                 continue
-            x = hist["epoch"] if "epoch" in hist.columns else np.arange(len(hist))
+            x = hist["epoch"] if "epoch" in hist.columns else np.arange(1, len(hist) + 1)
             ax.plot(x, hist[col], marker="o", markersize=3, label=label)
         ax.set_title(col, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
@@ -135,5 +156,7 @@ def training_curves_figure(histories: Mapping[str, pd.DataFrame], title: str = "
         ax.set_axis_off()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (2.8 * nrows + 0.4)))
+    else:
+        fig.tight_layout()
     return fig
