@@ -64,7 +64,10 @@ class Captioner(nn.Module):
         """Set the standardisation from raw training features ``[N, L, D]`` (or ``[M, D]``)."""
         flat = raw.reshape(-1, raw.shape[-1]).double()
         self.feature_mean.copy_(flat.mean(0).float())
-        self.feature_std.copy_(flat.std(0).clamp_min(1e-3).float())
+        std = flat.std(0)
+        # Floor: near-constant channels (e.g. from very few images) must not be blown up.
+        floor = max(1e-3, 0.01 * float(std.median()))
+        self.feature_std.copy_(std.clamp_min(floor).float())
 
     @property
     def grid_size(self) -> int:
