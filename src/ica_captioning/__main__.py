@@ -1,6 +1,5 @@
-"""ICA captioning file for ensuring the package is executable
-as `ica-captioning` and `python -m ica_captioning`
-"""
+"""Entry point: ``python -m ica_captioning`` or ``ica-captioning`` runs ``kedro run``."""
+
 import sys
 from pathlib import Path
 from typing import Any
@@ -9,11 +8,12 @@ from kedro.framework.cli.utils import find_run_command
 from kedro.framework.project import configure_project
 
 
-def main(*args, **kwargs) -> Any:
+def main(*args: Any, **kwargs: Any) -> Any:
+    """Run the project's ``kedro run`` command with the given CLI arguments."""
     package_name = Path(__file__).parent.name
     configure_project(package_name)
 
-    interactive = hasattr(sys, 'ps1')
+    interactive = hasattr(sys, "ps1")
     kwargs["standalone_mode"] = not interactive
 
     run = find_run_command(package_name)

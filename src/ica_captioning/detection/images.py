@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ica_captioning.data.images import to_rgb
 from ica_captioning.detection.base import ImageRecord, quarantine_row
 
 SOURCE = "detection"
@@ -26,7 +27,8 @@ def load_rgb(record: ImageRecord) -> tuple[np.ndarray | None, dict[str, Any] | N
     try:
         with Image.open(record.path) as img:
             img.load()
-            pixels = np.asarray(img.convert("RGB"))
+            # Same conversion as ingestion validated (transparency -> white, 16-bit scaled).
+            pixels = np.asarray(to_rgb(img))
     except FileNotFoundError:
         return None, quarantine_row(
             SOURCE, record.path, str(record.image_id), record.image_id, "image file not found"

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ica_captioning.data.images import to_rgb
 from ica_captioning.model.decoder import AttentionDecoder, State
 from ica_captioning.model.encoder import DEFAULT_ENCODER_CONFIG, Encoder
 
@@ -232,7 +233,8 @@ def preprocess_images(
                 img.load()
             except (OSError, ValueError) as err:
                 raise OSError(f"cannot read image {path}: {err}") from err
-        out[i] = np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR))
+        # to_rgb: the conversion ingestion validated (transparency -> white, 16-bit scaled).
+        out[i] = np.asarray(to_rgb(img).resize((size, size), Image.BILINEAR))
     x = torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
