@@ -33,11 +33,12 @@ def per_image_beam_search(decoder, features, beam_size, max_len):
     k = beam_size
     feats = features.expand(k, *features.shape[1:])  # [K, L, D]
     state = decoder.init_state(feats)
-    scores = torch.full((k,), float("-inf"))
+    dev = features.device
+    scores = torch.full((k,), float("-inf"), device=dev)
     scores[0] = 0.0
-    inputs = torch.full((k,), START, dtype=torch.long)
-    finished = torch.zeros(k, dtype=torch.bool)
-    history = torch.zeros(k, 0, dtype=torch.long)
+    inputs = torch.full((k,), START, dtype=torch.long, device=dev)
+    finished = torch.zeros(k, dtype=torch.bool, device=dev)
+    history = torch.zeros(k, 0, dtype=torch.long, device=dev)
     for t in range(max_len + 1):
         logits, _, state = decoder.step(feats, inputs, state)
         logp = torch.log_softmax(logits, -1)
@@ -63,12 +64,18 @@ def per_image_beam_search(decoder, features, beam_size, max_len):
     return [w for w in best if w not in (END, PAD)]
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--max-len", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--vocab", type=int, default=60)
     parser.add_argument("--grid", type=int, default=14, help="attention grid G (L = G*G)")
     parser.add_argument("--attention-dim", type=int, default=128)
@@ -86,10 +93,10 @@ def main() -> None:
             "encoder": {"grid_size": args.grid},
             "decoder": {"attention_dim": args.attention_dim, "hidden_dim": args.hidden_dim},
         }
-        model = build_captioner(config, vocab_size=args.vocab).eval()
+        model = build_captioner(config, vocab_size=args.vocab).eval().to(args.device)
         what = f"random-init ica_captioning.model captioner {config}"
         g = model.grid_size
-        images = torch.randn(args.images, 3, 128, 128)
+        images = torch.randn(args.images, 3, 128, 128, device=args.device)
         with torch.inference_mode():
             features = model.encode(images)  # [N, L, D]
     except ImportError as err:
@@ -108,10 +115,12 @@ def main() -> None:
     beam_search_features(decoder, features[:4], beam_size=args.beam, max_len=args.max_len, **kw)
     for i in range(2):
         per_image_beam_search(decoder, features[i : i + 1], args.beam, args.max_len)
+    sync()
     t0 = time.perf_counter()
     batched = beam_search_features(
         decoder, features, beam_size=args.beam, max_len=args.max_len, **kw
     )
+    sync()
     t_batched = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -119,13 +128,15 @@ def main() -> None:
         per_image_beam_search(decoder, features[i : i + 1], args.beam, args.max_len)
         for i in range(features.shape[0])
     ]
+    sync()
     t_loop = time.perf_counter() - t0
 
     same = batched.token_lists() == loop
     mean_len = float(batched.lengths.float().mean())
     print(
         f"{args.images} images, beam {args.beam}, max_len {args.max_len}, "
-        f"mean caption length {mean_len:.1f}, {torch.get_num_threads()} thread(s)"
+        f"mean caption length {mean_len:.1f}, device {args.device}, "
+        f"{torch.get_num_threads()} CPU thread(s)"
     )
     print(f"batched beam search : {t_batched:8.3f} s  ({args.images / t_batched:8.1f} images/s)")
     print(f"per-image beam search: {t_loop:8.3f} s  ({args.images / t_loop:8.1f} images/s)")
