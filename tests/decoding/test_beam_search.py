@@ -199,3 +199,51 @@ def test_teacher_forcing_mixed_lengths_equals_one_caption_at_a_time(toy_decoder,
         alone = teacher_forced_alphas(toy_decoder, toy_features[i : i + 1], ids[i : i + 1, : n + 2])
         torch.testing.assert_close(got[i, : n + 1], alone[0])
         assert (got[i, n + 1 :] == 0).all()  # padding steps are not computed
+
+
+class _Ungrouped(torch.nn.Module):
+    """The real decoder without ``image_state_slots``: one feature copy per beam row."""
+
+    def __init__(self, decoder):
+        super().__init__()
+        self.inner = decoder
+
+    def init_state(self, features):
+        return self.inner.init_state(features)
+
+    def step(self, features, tokens, state):
+        return self.inner.step(features, tokens, state)
+
+
+def _real_decoder(vocab=9, seed=3):
+    from ica_captioning.model.decoder import AttentionDecoder
+
+    torch.manual_seed(seed)
+    dec = AttentionDecoder(vocab, 6, embed_dim=5, hidden_dim=8, attention_dim=4, dropout=0.0)
+    with torch.no_grad():  # peakier words and a rarer <end>: captions of varied length
+        dec.out.weight.mul_(4.0)
+        dec.out.bias[END] -= 1.0
+    return dec.eval()
+
+
+@pytest.mark.parametrize(("beam_size", "seed"), [(1, 5), (3, 3)])
+def test_real_decoder_shares_image_state_between_beams(beam_size, seed):
+    dec = _real_decoder(seed=seed)
+    assert dec.image_state_slots  # the grouped path is the one under test
+    features = torch.randn(5, 4, 6, generator=torch.Generator().manual_seed(2))
+    grouped = run(dec, features, beam_size=beam_size, max_len=6)
+    ungrouped = run(_Ungrouped(dec), features, beam_size=beam_size, max_len=6)
+    assert grouped.token_lists() == ungrouped.token_lists()
+    torch.testing.assert_close(grouped.scores, ungrouped.scores)
+    torch.testing.assert_close(grouped.alphas, ungrouped.alphas)
+    assert len({len(w) for w in grouped.token_lists()}) > 1  # lengths vary: finishing is exercised
+    for b in range(features.shape[0]):
+        words, score = per_image_beam_search(dec, features[b], beam_size, 6)
+        assert grouped.token_lists()[b] == words
+        assert grouped.scores[b].item() == pytest.approx(score, abs=1e-4)
+
+
+def test_bad_image_state_slots_raise(toy_decoder, toy_features):
+    toy_decoder.image_state_slots = (5,)
+    with pytest.raises(ValueError, match="image_state_slots"):
+        run(toy_decoder, toy_features, beam_size=2, max_len=3)

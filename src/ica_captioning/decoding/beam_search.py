@@ -6,6 +6,10 @@ The decoder interface (``docs/contracts.md``)::
     logits, alpha, state = decoder.step(features, tokens, state)
     # tokens [N] long -> logits [N, V], alpha [N, L], state (tuple, batch dim first)
 
+Optionally the decoder lists ``image_state_slots``: it then accepts ``features [N, L, D]`` with
+``tokens [N*K]`` (``K`` consecutive rows per image) and keeps those state slots at ``N`` rows.
+Beam search uses that to share features and per-image state between the beams of an image.
+
 All ``B`` images and their ``K`` beams are decoded together as one batch of ``B*K`` rows; the only
 Python loop is over time steps. Hypotheses are ranked per image with one ``topk`` over the
 ``K*V`` candidate continuations, states are reordered with ``index_select`` and the chosen caption
@@ -134,7 +138,13 @@ def beam_search_features(
     # Step 0 runs on B rows (all K beams of an image are the same empty prefix); from step 1 on
     # rows are image-major: row b*K + j is beam j of image b.
     state = tuple(decoder.init_state(features))  # batch B
-    feats = features  # [B, L, D] at step 0, [B*K, L, D] afterwards
+    # A decoder that takes features once per image for K consecutive rows names its per-image
+    # state slots (``image_state_slots``): those stay at B rows and the features are not copied
+    # K times, so each step reads [B, L, ·] instead of [B*K, L, ·] (docs/contracts.md).
+    image_slots = _image_state_slots(decoder, len(state))
+    grouped = image_slots is not None
+    image_slots = image_slots or frozenset()
+    feats = features  # [B, L, D]; [B*K, L, D] after step 0 unless grouped
     inputs = torch.full((batch,), start_id, dtype=torch.long, device=device)  # [B]
     width = 1  # live beams per image in the current rows: 1 at step 0, K afterwards
     # A state slot is "shared" while it is identical for all beams of an image: true for every
@@ -194,11 +204,17 @@ def beam_search_features(
 
         rows = (torch.arange(batch, device=device).unsqueeze(1) * width + src).view(-1)  # [B*K]
         if t == 0:
-            feats = features.repeat_interleave(k, dim=0)  # [B*K, L, D]
-            state = tuple(s.index_select(0, rows) for s in new_state)
+            if not grouped:
+                feats = features.repeat_interleave(k, dim=0)  # [B*K, L, D]
+            state = tuple(
+                s if i in image_slots else s.index_select(0, rows) for i, s in enumerate(new_state)
+            )
             shared = [True] * len(state)
         else:
-            state = tuple(s if sh else s.index_select(0, rows) for s, sh in zip(new_state, shared))
+            state = tuple(
+                s if sh or i in image_slots else s.index_select(0, rows)
+                for i, (s, sh) in enumerate(zip(new_state, shared))
+            )
         prev_done = done.gather(1, src)  # [B, K]
         lengths = lengths.gather(1, src) + (~prev_done & (tokens != end_id)).long()
         finished = prev_done | (tokens == end_id)
@@ -237,6 +253,20 @@ def beam_search_features(
     return BeamSearchOutput(
         tokens=tokens_out, lengths=best_lengths, scores=best_scores, alphas=alphas_out
     )
+
+
+def _image_state_slots(decoder: StepDecoder, num_slots: int) -> frozenset[int] | None:
+    """The decoder's per-image state slots, or ``None`` if it wants one feature row per row."""
+    slots = getattr(decoder, "image_state_slots", None)
+    if slots is None:
+        return None
+    slots = frozenset(int(i) for i in slots)
+    if any(not 0 <= i < num_slots for i in slots):
+        raise ValueError(
+            f"decoder.image_state_slots={sorted(slots)} names slots outside its state of "
+            f"{num_slots} tensors"
+        )
+    return slots
 
 
 def _expand(index: Tensor, size: int) -> Tensor:
