@@ -13,7 +13,7 @@ features and per-image decoder state shared by the beams, the same decoder code.
 adds is amortising the decoder's weights over many rows (the per-image LSTM matmuls are
 weight-bandwidth bound) and the per-step Python/dispatch work. The attention's elementwise work
 (``R·L·A`` per step) is the same either way; the decoder's CPU inference path makes it cheap
-(``docs/evaluation.md``), which is what lets batching show on a CPU.
+(``docs/training.md``, "How the attention is computed"), which is what lets batching show on a CPU.
 """
 
 from __future__ import annotations

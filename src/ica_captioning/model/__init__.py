@@ -3,7 +3,8 @@
 Public API (docs/contracts.md "model interface"):
 
 * :class:`Captioner` — ``encode(images [B,3,H,W]) -> [B,L,D]``, ``decoder.init_state(features)``,
-  ``decoder.step(features, tokens [B], state) -> (logits [B,V], alpha [B,L], state)``, and a
+  ``decoder.step(features, tokens [B], state) -> (logits [B,V], alpha [B,L], state)`` (or
+  ``K`` rows per image with ``features [N,L,D]``, ``tokens [N·K]``: ``image_state_slots``), and a
   teacher-forced ``forward(inputs=[B,T], images=… | features=…)``
   ``-> (logits [B,T,V], alphas [B,T,L])``.
 * :func:`load_captioner` — rebuild a model from a ``{"state_dict", "config", "vocabulary"}`` bundle.
