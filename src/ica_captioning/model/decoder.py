@@ -144,12 +144,18 @@ class AttentionDecoder(nn.Module):
             per_image = k * num_cells * query.shape[-1] * query.element_size()
             block = max(1, ATTENTION_TILE_BYTES // max(per_image, 1))
             scores = query.new_empty(n, k, num_cells)
+            w2 = 2.0 * self.att_score.weight.t()  # [A, 1]
+            one = query.new_ones(())
             for lo in range(0, n, block):
                 hi = min(n, lo + block)
-                if fast:
-                    scores[lo:hi] = self._scores_exp(exp_query[lo:hi], exp_projected[lo:hi])
+                if fast:  # 1 / (1 + exp(−2 U_a h)·exp(−2 W_a a)) = σ(2(W_a a + U_a h))
+                    act = torch.addcmul(one, exp_query[lo:hi], exp_projected[lo:hi].unsqueeze(1))
+                    act.reciprocal_()  # [n', K, L, A]
                 else:
-                    scores[lo:hi] = self._scores_sigmoid(query[lo:hi], projected[lo:hi])
+                    act = torch.add(2.0 * query[lo:hi], projected[lo:hi].unsqueeze(1), alpha=2.0)
+                    act.sigmoid_()
+                # Straight into the scores: no per-tile temporaries beyond ``act``.
+                torch.mm(act.view(-1, act.shape[-1]), w2, out=scores[lo:hi].view(-1, 1))
         alpha = torch.softmax(scores.float(), dim=-1).to(features.dtype)  # [N, K, L]
         context = torch.bmm(alpha, features)  # [N, K, D]
         return context.view(n * k, dim), alpha.view(n * k, num_cells)
@@ -162,12 +168,6 @@ class AttentionDecoder(nn.Module):
         pre = torch.add(2.0 * query, projected.unsqueeze(1), alpha=2.0)  # [N, K, L, A]
         # In place: autograd keeps σ's output either way; one [N, K, L, A] buffer, not two.
         return 2.0 * self.att_score(pre.sigmoid_()).squeeze(-1)
-
-    def _scores_exp(self, exp_query: torch.Tensor, exp_projected: torch.Tensor) -> torch.Tensor:
-        """Same logits from ``exp(−2 U_a h) [N, K, 1, A]`` and ``exp(−2 W_a a) [N, L, A]``."""
-        one = exp_query.new_ones(())
-        denom = torch.addcmul(one, exp_query, exp_projected.unsqueeze(1))  # [N, K, L, A]
-        return 2.0 * self.att_score(denom.reciprocal_()).squeeze(-1)
 
     def step(
         self, features: torch.Tensor, tokens: torch.Tensor, state: State
