@@ -230,6 +230,26 @@ def test_bad_generator_parameters_are_rejected(kwargs):
         generator_config(**kwargs)
 
 
+def test_changed_generator_code_makes_the_dataset_stale(tmp_path):
+    """Files written by other generator code (same version number) are regenerated."""
+    config = generator_config(num_images=4, image_size=48, seed=1)
+    generate_dataset(tmp_path, num_images=4, image_size=48, seed=1)
+    assert is_up_to_date(tmp_path, config)
+    # The fingerprint is the hash of the generator's and tokeniser's source files.
+    import hashlib
+
+    from ica_captioning.data import synthetic, text
+
+    digest = hashlib.sha256()
+    for module in (synthetic, text):
+        digest.update(open(module.__file__, "rb").read())
+    assert config["generator_source"] == digest.hexdigest()[:16]
+    manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    manifest["config"]["generator_source"] = "0" * 16  # written by an older generator
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert not is_up_to_date(tmp_path, config)
+
+
 def test_jpeg_output(tmp_path):
     summary = generate_dataset(tmp_path, num_images=4, image_size=48, seed=2, image_format="jpg")
     data = json.loads((tmp_path / "dataset_synthetic.json").read_text())

@@ -15,8 +15,8 @@ Written as the real datasets are:
   fraction of unoccluded polygonal objects, a polygon (as real COCO has both);
 * ``images/<cocoid>.png`` - the images (drawn without anti-aliasing, so every object pixel has
   exactly the object's colour and the masks are exact);
-* ``generator.json`` - the generator's parameters, used to tell whether the files on disk are
-  up to date.
+* ``generator.json`` - the generator's parameters and a fingerprint of its source code, used to
+  tell whether the files on disk are up to date (a changed generator regenerates them).
 
 Everything derives from ``numpy.random.default_rng([seed, image_index])``, so the same parameters
 give byte-identical annotation files (and images, for a given Pillow version), whatever the
@@ -25,6 +25,7 @@ number of worker processes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -40,6 +41,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
+from ica_captioning.data import text as _text_module
 from ica_captioning.data.text import tokenize
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,22 @@ GENERATOR_VERSION = 1
 SPLITS = ("train", "val", "test")
 KARPATHY_FILE = "dataset_synthetic.json"
 MANIFEST_FILE = "generator.json"
+
+
+def _source_fingerprint() -> str:
+    """sha256 (16 hex digits) of the code that determines the generated files.
+
+    ``GENERATOR_VERSION`` alone once stayed at 1 while the drawing and caption code changed,
+    and a dataset generated before the change was silently kept; the fingerprint of this module
+    and of the tokeniser makes any change regenerate (about 7 s).
+    """
+    digest = hashlib.sha256()
+    for path in (Path(__file__), Path(_text_module.__file__)):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+GENERATOR_SOURCE = _source_fingerprint()
 IMAGES_SUBDIR = "images"
 ANNOTATIONS_SUBDIR = "annotations"
 
@@ -573,6 +591,7 @@ def generator_config(
         raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
     return {
         "generator_version": GENERATOR_VERSION,
+        "generator_source": GENERATOR_SOURCE,
         "num_images": int(num_images),
         "image_size": int(image_size),
         "seed": int(seed),
