@@ -134,7 +134,11 @@ class AttentionDecoder(nn.Module):
         n, num_cells, dim = features.shape
         k = h.shape[0] // n if n else 1
         query = self.att_hidden(h).view(n, k, 1, -1)  # [N, K, 1, A]
-        if torch.is_grad_enabled() or features.device.type != "cpu":
+        if (
+            torch.is_grad_enabled()
+            or features.device.type != "cpu"
+            or query.dtype not in (torch.float32, torch.float64)  # e.g. under autocast
+        ):
             scores = self._scores_sigmoid(query, projected)  # [N, K, L]
         else:
             fast = exp_projected.numel() > 0 and bool(query.abs().amax() <= EXP_RANGE)
