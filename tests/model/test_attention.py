@@ -31,7 +31,7 @@ def reference_alpha(dec, features, h, k):
     return torch.softmax(torch.tanh(pre) @ w, dim=-1)
 
 
-def rows_for(dec, n, k, scale=1.0):
+def rows_for(n, k, scale=1.0):
     g = torch.Generator().manual_seed(n * 10 + k)
     features = scale * torch.randn(n, L, D, generator=g)
     h = torch.randn(n * k, H, generator=g)
@@ -40,7 +40,7 @@ def rows_for(dec, n, k, scale=1.0):
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_all_paths_equal_the_tanh_formula(dec, k):
-    features, h = rows_for(dec, 4, k)
+    features, h = rows_for(4, k)
     expected = reference_alpha(dec, features, h, k)
     with torch.no_grad():  # training formula (sigmoid), no tiling
         projected = dec.att_features(features)
@@ -58,7 +58,7 @@ def test_all_paths_equal_the_tanh_formula(dec, k):
 def test_tiles_cover_every_image(dec, monkeypatch):
     # One image per tile, with a remainder tile: every row must still be scored.
     monkeypatch.setattr(decoder_module, "ATTENTION_TILE_BYTES", 1)
-    features, h = rows_for(dec, 5, 2)
+    features, h = rows_for(5, 2)
     with torch.inference_mode():
         state = dec.init_state(features)
         _, alpha = dec.attend(features, state[2], state[3], h)
@@ -70,7 +70,7 @@ def test_tiles_cover_every_image(dec, monkeypatch):
 def test_out_of_range_values_fall_back_to_sigmoid(dec):
     # |W_a a| beyond EXP_RANGE: exp(-2 W_a a) could overflow, so the fast path must switch off
     # and the result must still be the exact attention (no inf/NaN).
-    features, h = rows_for(dec, 3, 2, scale=200.0)
+    features, h = rows_for(3, 2, scale=200.0)
     with torch.inference_mode():
         state = dec.init_state(features)
         assert state[2].abs().max() > EXP_RANGE
@@ -81,7 +81,7 @@ def test_out_of_range_values_fall_back_to_sigmoid(dec):
         alpha.double(), reference_alpha(dec, features, h, 2), atol=2e-6, rtol=0
     )
     # |U_a h| beyond EXP_RANGE with in-range annotations: the per-step check switches off.
-    features, h = rows_for(dec, 3, 2)
+    features, h = rows_for(3, 2)
     h = 1e4 * h
     with torch.inference_mode():
         state = dec.init_state(features)
@@ -94,7 +94,7 @@ def test_out_of_range_values_fall_back_to_sigmoid(dec):
 
 
 def test_training_gradients_equal_the_tanh_formula(dec):
-    features, h = rows_for(dec, 2, 1)
+    features, h = rows_for(2, 1)
     h = h.requires_grad_()
     target = torch.randn(2, L, generator=torch.Generator().manual_seed(3)).softmax(-1)
     projected = dec.att_features(features)
@@ -110,7 +110,7 @@ def test_training_gradients_equal_the_tanh_formula(dec):
 
 def test_grouped_rows_equal_repeated_features(dec):
     """K rows per image with features once == one feature copy per row (K = 1)."""
-    features, _ = rows_for(dec, 3, 1)
+    features, _ = rows_for(3, 1)
     k = 4
     tokens = torch.randint(4, V, (3 * k,), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
@@ -127,7 +127,7 @@ def test_grouped_rows_equal_repeated_features(dec):
 
 
 def test_step_rejects_mismatched_rows(dec):
-    features, _ = rows_for(dec, 3, 1)
+    features, _ = rows_for(3, 1)
     with torch.inference_mode():
         state = dec.init_state(features)
         with pytest.raises(ValueError, match="N·K rows"):

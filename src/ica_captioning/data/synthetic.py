@@ -50,6 +50,8 @@ GENERATOR_VERSION = 1
 SPLITS = ("train", "val", "test")
 KARPATHY_FILE = "dataset_synthetic.json"
 MANIFEST_FILE = "generator.json"
+IMAGES_SUBDIR = "images"
+ANNOTATIONS_SUBDIR = "annotations"
 
 
 def _source_fingerprint() -> str:
@@ -66,8 +68,6 @@ def _source_fingerprint() -> str:
 
 
 GENERATOR_SOURCE = _source_fingerprint()
-IMAGES_SUBDIR = "images"
-ANNOTATIONS_SUBDIR = "annotations"
 
 
 @dataclass(frozen=True)

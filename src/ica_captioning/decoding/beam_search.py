@@ -141,9 +141,8 @@ def beam_search_features(
     # A decoder that takes features once per image for K consecutive rows names its per-image
     # state slots (``image_state_slots``): those stay at B rows and the features are not copied
     # K times, so each step reads [B, L, ·] instead of [B*K, L, ·] (docs/contracts.md).
+    grouped = getattr(decoder, "image_state_slots", None) is not None
     image_slots = _image_state_slots(decoder, len(state))
-    grouped = image_slots is not None
-    image_slots = image_slots or frozenset()
     feats = features  # [B, L, D]; [B*K, L, D] after step 0 unless grouped
     inputs = torch.full((batch,), start_id, dtype=torch.long, device=device)  # [B]
     width = 1  # live beams per image in the current rows: 1 at step 0, K afterwards
@@ -255,12 +254,9 @@ def beam_search_features(
     )
 
 
-def _image_state_slots(decoder: StepDecoder, num_slots: int) -> frozenset[int] | None:
-    """The decoder's per-image state slots, or ``None`` if it wants one feature row per row."""
-    slots = getattr(decoder, "image_state_slots", None)
-    if slots is None:
-        return None
-    slots = frozenset(int(i) for i in slots)
+def _image_state_slots(decoder: StepDecoder, num_slots: int) -> frozenset[int]:
+    """The decoder's per-image state slots (none if it wants one feature row per row)."""
+    slots = frozenset(int(i) for i in getattr(decoder, "image_state_slots", None) or ())
     if any(not 0 <= i < num_slots for i in slots):
         raise ValueError(
             f"decoder.image_state_slots={sorted(slots)} names slots outside its state of "

@@ -139,7 +139,7 @@ class AttentionDecoder(nn.Module):
             or features.device.type != "cpu"
             or query.dtype not in (torch.float32, torch.float64)  # e.g. under autocast
         ):
-            scores = self._scores_sigmoid(query, projected)  # [N, K, L]
+            scores = 2.0 * self.att_score(_sigmoid_act(query, projected)).squeeze(-1)  # [N, K, L]
         else:
             fast = exp_projected.numel() > 0 and bool(query.abs().amax() <= EXP_RANGE)
             exp_query = torch.exp(-2.0 * query) if fast else query  # [N, K, 1, A]
@@ -156,22 +156,12 @@ class AttentionDecoder(nn.Module):
                     act = torch.addcmul(one, exp_query[lo:hi], exp_projected[lo:hi].unsqueeze(1))
                     act.reciprocal_()  # [n', K, L, A]
                 else:
-                    act = torch.add(2.0 * query[lo:hi], projected[lo:hi].unsqueeze(1), alpha=2.0)
-                    act.sigmoid_()
+                    act = _sigmoid_act(query[lo:hi], projected[lo:hi])
                 # Straight into the scores: no per-tile temporaries beyond ``act``.
                 torch.mm(act.view(-1, act.shape[-1]), w2, out=scores[lo:hi].view(-1, 1))
         alpha = torch.softmax(scores.float(), dim=-1).to(features.dtype)  # [N, K, L]
         context = torch.bmm(alpha, features)  # [N, K, D]
         return context.view(n * k, dim), alpha.view(n * k, num_cells)
-
-    def _scores_sigmoid(self, query: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
-        """``2·w·σ(2·W_a a + 2·U_a h)`` from ``query [N, K, 1, A]`` and ``projected [N, L, A]``.
-
-        Returns ``[N, K, L]`` attention logits (up to a constant per row).
-        """
-        pre = torch.add(2.0 * query, projected.unsqueeze(1), alpha=2.0)  # [N, K, L, A]
-        # In place: autograd keeps σ's output either way; one [N, K, L, A] buffer, not two.
-        return 2.0 * self.att_score(pre.sigmoid_()).squeeze(-1)
 
     def step(
         self, features: torch.Tensor, tokens: torch.Tensor, state: State
@@ -233,6 +223,14 @@ class AttentionDecoder(nn.Module):
             logits.append(step_logits)
             alphas.append(alpha)
         return torch.stack(logits, dim=1), torch.stack(alphas, dim=1)
+
+
+def _sigmoid_act(query: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
+    """``σ(2·W_a a + 2·U_a h)`` ``[N, K, L, A]`` from ``query [N, K, 1, A]`` = ``U_a h``.
+
+    In place: autograd keeps σ's output either way; one ``[N, K, L, A]`` buffer, not two.
+    """
+    return torch.add(2.0 * query, projected.unsqueeze(1), alpha=2.0).sigmoid_()
 
 
 def _exp_memory(projected: torch.Tensor) -> torch.Tensor:
