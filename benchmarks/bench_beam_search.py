@@ -24,9 +24,9 @@ import time
 import torch
 
 from ica_captioning.decoding import beam_search_features
+from ica_captioning.tokens import END_ID, PAD_ID, START_ID, UNK_ID
 
-PAD, START, END, UNK = 0, 1, 2, 3
-BANNED = (PAD, START, UNK)
+BANNED = (PAD_ID, START_ID, UNK_ID)
 
 
 @torch.inference_mode()
@@ -44,7 +44,7 @@ def per_image_beam_search(decoder, features, beam_size, max_len):
     dev = features.device
     scores = torch.full((k,), float("-inf"), device=dev)
     scores[0] = 0.0
-    inputs = torch.full((k,), START, dtype=torch.long, device=dev)
+    inputs = torch.full((k,), START_ID, dtype=torch.long, device=dev)
     finished = torch.zeros(k, dtype=torch.bool, device=dev)
     history = torch.zeros(k, 0, dtype=torch.long, device=dev)
     for t in range(max_len + 1):
@@ -52,24 +52,24 @@ def per_image_beam_search(decoder, features, beam_size, max_len):
         logp = torch.log_softmax(logits, -1)
         logp[:, list(BANNED)] = float("-inf")
         if t == max_len:
-            keep = logp[:, END].clone()
+            keep = logp[:, END_ID].clone()
             logp.fill_(float("-inf"))
-            logp[:, END] = keep
+            logp[:, END_ID] = keep
         done = finished | torch.isinf(scores)
         frozen = torch.full_like(logp[0], float("-inf"))
-        frozen[PAD] = 0.0
+        frozen[PAD_ID] = 0.0
         logp = torch.where(done[:, None], frozen, logp)
         cand = (scores[:, None] + logp).view(-1)
         scores, idx = cand.topk(k)
         src, tok = idx // logp.shape[1], idx % logp.shape[1]
         state = tuple(s if i in image_slots else s[src] for i, s in enumerate(state))
-        finished = done[src] | (tok == END)
+        finished = done[src] | (tok == END_ID)
         history = torch.cat([history[src], tok[:, None]], 1)
         inputs = tok
         if bool((finished | torch.isinf(scores)).all()):
             break
     best = history[int(scores.argmax())].tolist()
-    return [w for w in best if w not in (END, PAD)]
+    return [w for w in best if w not in (END_ID, PAD_ID)]
 
 
 def sync() -> None:
@@ -119,10 +119,10 @@ def main() -> None:
     # scored beam in a few images.)
     with torch.no_grad():
         decoder.out.weight.mul_(args.sharpness)
-        decoder.out.bias[END] -= args.end_bias
+        decoder.out.bias[END_ID] -= args.end_bias
     print(f"model: {what}; grid {g}x{g}, features {tuple(features.shape)}, vocab {args.vocab}")
 
-    kw = dict(start_id=START, end_id=END, pad_id=PAD, banned_ids=BANNED)
+    kw = dict(start_id=START_ID, end_id=END_ID, pad_id=PAD_ID, banned_ids=BANNED)
     # Warm-up both paths (allocator, lazy init) on a few images so neither pays first-call costs.
     beam_search_features(decoder, features[:4], beam_size=args.beam, max_len=args.max_len, **kw)
     for i in range(2):

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from ica_captioning.data.readers import read_karpathy
 from ica_captioning.data.synthetic import dataset_files, generate_dataset
@@ -33,17 +34,45 @@ from ica_captioning.matching import Lexicon, binarize_fractions, dense_cell_frac
 from ica_captioning.matching.pseudo_labels import build_pseudo_labels, find_mentions
 
 COCO_CAPTIONS = 616_767
+# The generator's parameters (conf/base only); the command line sets count, size and seed.
+INGESTION_CONF = Path(__file__).resolve().parents[1] / "conf/base/parameters_ingestion.yml"
+CONF = INGESTION_CONF.parent
+
+
+def conf(stage: str) -> dict:
+    """conf/base's ``<stage>`` section (reader, detection and matching settings)."""
+    return yaml.safe_load((CONF / f"parameters_{stage}.yml").read_text())[stage]
+
+
+MATCHING = conf("matching")
+MATCHING_SETTINGS = {
+    "score_threshold": MATCHING["score_threshold"],
+    "grid_size": MATCHING["grid_size"],
+    "cell_threshold": MATCHING["cell_threshold"],
+    "progress": False,
+}
 
 
 def base_tables(data: Path | None, num_images: int, image_size: int, upscale: int):
     if data is None:
         data = Path(tempfile.mkdtemp(prefix="bench_matching_"))
-        generate_dataset(data, num_images=num_images, image_size=image_size, seed=0)
+        options = yaml.safe_load(INGESTION_CONF.read_text())["ingestion"]["synthetic"]
+        options |= {"num_images": num_images, "image_size": image_size, "seed": 0}
+        generate_dataset(data, **options)
     files = dataset_files(data)
-    images, captions, _, _ = read_karpathy(files["karpathy"])
+    ingestion = conf("ingestion")
+    images, captions, _, _ = read_karpathy(
+        files["karpathy"],
+        restval_split=ingestion["restval_split"],
+        on_bad=ingestion["on_bad_annotation"],
+    )
     size = int(image_size)
     images["width"], images["height"] = size, size
-    backend = AnnotationsBackend([str(p) for p in files["instances"].values()], images)
+    backend = AnnotationsBackend(
+        [str(p) for p in files["instances"].values()],
+        images,
+        include_crowd=conf("detection")["include_crowd"],
+    )
     results, _ = backend.detect(image_records(images, data))
     detections = detections_frame(results)
     if upscale > 1:
@@ -72,7 +101,7 @@ def replicate(captions: pd.DataFrame, detections: pd.DataFrame, target: int):
     return pd.concat(caps, ignore_index=True).iloc[:target], pd.concat(dets, ignore_index=True)
 
 
-def per_caption_reference(captions, detections, lexicon, grid_size=14, threshold=0.5):
+def per_caption_reference(captions, detections, lexicon, grid_size, threshold):
     """The obvious loop: per caption, per matched class, decode masks densely, reduce, no cache."""
     ok = detections[detections["status"] == "ok"]
     by_image = {i: g for i, g in ok.groupby("image_id")}
@@ -115,7 +144,7 @@ def main() -> None:
     t_lex = time.perf_counter() - t
 
     t = time.perf_counter()
-    pseudo, stats = build_pseudo_labels(big_caps, big_dets, lexicon)
+    pseudo, stats = build_pseudo_labels(big_caps, big_dets, lexicon, **MATCHING_SETTINGS)
     t_all = time.perf_counter() - t
     value = stats.set_index(["statistic", "key"])["value"]
     rate = len(big_caps) / t_all
@@ -135,10 +164,10 @@ def main() -> None:
     sub_ids = set(sub["image_id"])
     sub_dets = big_dets[big_dets["image_id"].isin(sub_ids)]
     t = time.perf_counter()
-    build_pseudo_labels(sub, sub_dets, lexicon)
+    build_pseudo_labels(sub, sub_dets, lexicon, **MATCHING_SETTINGS)
     t_fast = time.perf_counter() - t
     t = time.perf_counter()
-    per_caption_reference(sub, sub_dets, lexicon)
+    per_caption_reference(sub, sub_dets, lexicon, MATCHING["grid_size"], MATCHING["cell_threshold"])
     t_ref = time.perf_counter() - t
     print(
         f"on {len(sub):,} captions: batched+cached {len(sub) / t_fast:,.0f} captions/s, "

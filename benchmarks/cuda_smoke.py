@@ -80,6 +80,7 @@ def loss_checks(dev: torch.device) -> None:
 def beam_checks(dev: torch.device) -> None:
     from ica_captioning.decoding.beam_search import beam_search
     from ica_captioning.model import build_captioner
+    from ica_captioning.tokens import END_ID, PAD_ID, START_ID
 
     cfg = {
         "encoder": {
@@ -96,7 +97,7 @@ def beam_checks(dev: torch.device) -> None:
     torch.manual_seed(0)
     model = build_captioner(cfg, vocab_size=90).eval()
     images = torch.randn(64, 3, 128, 128, generator=torch.Generator().manual_seed(1))
-    kw = dict(beam_size=5, max_len=16, start_id=1, end_id=2, pad_id=0)
+    kw = dict(beam_size=5, max_len=16, start_id=START_ID, end_id=END_ID, pad_id=PAD_ID)
     with torch.no_grad():
         out_cpu = beam_search(model, images, **kw)
         model_gpu = model.to(dev)
@@ -129,12 +130,17 @@ def detection_checks(dev: torch.device) -> None:
             Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(p)
             records.append(ImageRecord(image_id=i, file_path=p.name, path=p, width=256, height=256))
         backend = TorchvisionBackend(
-            weights=str(path),
+            str(path),
+            model="maskrcnn_resnet50_fpn",
             device=str(dev),
             score_threshold=0.0,
+            max_detections=100,
+            mask_threshold=0.5,
             batch_size=8,
             min_size=256,
             max_size=256,
+            categories=None,
+            options=None,
         )
         results, quarantine = backend.detect(records[:8])
         rows = detections_frame(results)

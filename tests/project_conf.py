@@ -29,3 +29,23 @@ def conf_params(env: str = "base") -> dict[str, Any]:
 def section(name: str, env: str = "base", **overrides: Any) -> dict[str, Any]:
     """One section (``train``, ``evaluation`` …) of conf/<env> with single keys overridden."""
     return deep_merge(conf_params(env)[name], overrides)
+
+
+def model_params(encoder: dict | None = None, decoder: dict | None = None):
+    """conf/base's encoder and decoder settings with single keys overridden (``ModelParams``)."""
+    from ica_captioning.params import ModelParams
+
+    train = section("train")
+    return ModelParams.of(
+        {
+            "encoder": deep_merge(train["encoder"], encoder),
+            "decoder": deep_merge(train["decoder"], decoder),
+        }
+    )
+
+
+def encoder_kwargs(**overrides: Any) -> dict[str, Any]:
+    """Keyword arguments of ``Encoder`` from conf/base's ``train.encoder`` with overrides."""
+    enc = section("train")["encoder"]
+    enc.pop("standardize")  # a captioner setting, not the encoder's
+    return {**enc, **overrides}

@@ -101,6 +101,10 @@ def test_load_rgb_converts_every_convertible_mode(tmp_path):
     assert (np.asarray(load_rgb(path)) == 255).all()
 
 
+#: Validation settings of the ceiling tests (the ceiling is each test's own).
+CHECKS = {"num_workers": 2, "check_size": True, "progress": False}
+
+
 def _table(files: dict[str, tuple[Path, str | None]]) -> pd.DataFrame:
     return images_frame(
         {"image_id": i, "file_path": name, "split": "train", "width": None, "height": None}
@@ -112,7 +116,7 @@ def test_validate_images_keeps_converts_and_quarantines(tmp_path):
     files = _make_files(tmp_path)
     table = _table(files)
     images, quarantine = validate_images(
-        table, tmp_path, num_workers=2, max_bad_fraction=1.0, progress=False
+        table, tmp_path, num_workers=2, max_bad_fraction=1.0, check_size=True, progress=False
     )
     good = [name for name, (_, status) in files.items() if status is not None]
     bad = [name for name, (_, status) in files.items() if status is None]
@@ -134,7 +138,7 @@ def test_ceiling_stops_the_run_with_a_clear_error(tmp_path):
         for i, n in enumerate(names)
     )
     with pytest.raises(DataQualityError, match=r"2 of 20 images \(10.0 %\)") as info:
-        validate_images(table, tmp_path, max_bad_fraction=0.05, progress=False)
+        validate_images(table, tmp_path, **CHECKS, max_bad_fraction=0.05)
     assert "missing.png: missing: file not found" in str(info.value)
-    images, quarantine = validate_images(table, tmp_path, max_bad_fraction=0.1, progress=False)
+    images, quarantine = validate_images(table, tmp_path, **CHECKS, max_bad_fraction=0.1)
     assert len(images) == 18 and len(quarantine) == 2

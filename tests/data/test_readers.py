@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from project_conf import section
 
 from ica_captioning.data.readers import (
     coco_annotation_files,
@@ -16,6 +17,8 @@ from ica_captioning.data.tables import AnnotationError, DataQualityError
 from ica_captioning.pipelines.ingestion.nodes import read_annotations
 
 SUBDIRS = {"train": "images", "val": "images", "test": "images"}
+#: Reader settings of most tests: restval images go to train, bad records are quarantined.
+KARPATHY = {"restval_split": "train", "on_bad": "quarantine"}
 
 
 def _write(path: Path, data) -> Path:
@@ -43,7 +46,7 @@ def _sentence(sentid, imgid, raw, tokens=None):
 
 def test_karpathy_reader_on_the_generated_set(small_dataset):
     out, _ = small_dataset
-    images, captions, quarantine, counts = read_karpathy(out / "dataset_synthetic.json")
+    images, captions, quarantine, counts = read_karpathy(out / "dataset_synthetic.json", **KARPATHY)
     raw = json.loads((out / "dataset_synthetic.json").read_text())["images"]
     assert quarantine.empty
     assert counts == {"images": 30, "bad_images": 0, "captions": 150, "bad_captions": 0}
@@ -64,10 +67,12 @@ def test_karpathy_reader_on_the_generated_set(small_dataset):
 
 def test_coco_reader_gives_the_same_tables_as_the_karpathy_reader(small_dataset):
     out, _ = small_dataset
-    k_images, k_captions, _, _ = read_karpathy(out / "dataset_synthetic.json")
+    k_images, k_captions, _, _ = read_karpathy(out / "dataset_synthetic.json", **KARPATHY)
     files = coco_annotation_files(str(out / "annotations" / "captions_*.json"))
     assert set(files) == {"train", "val", "test"}
-    c_images, c_captions, quarantine, _ = read_coco_captions(files, image_subdirs=SUBDIRS)
+    c_images, c_captions, quarantine, _ = read_coco_captions(
+        files, image_subdirs=SUBDIRS, on_bad="quarantine"
+    )
     assert quarantine.empty
     key = ["image_id"]
     pd.testing.assert_frame_equal(
@@ -86,12 +91,12 @@ def test_karpathy_flickr_layout_uses_imgid_and_maps_restval(tmp_path):
         _karpathy_record(1, [_sentence(1, 1, "Two cats!", None)], split="restval"),
     ]
     path = _write(tmp_path / "dataset_flickr8k.json", {"images": records, "dataset": "flickr8k"})
-    images, captions, _, _ = read_karpathy(path)
+    images, captions, _, _ = read_karpathy(path, **KARPATHY)
     assert images["image_id"].tolist() == [0, 1]
     assert images["file_path"].tolist() == ["0.jpg", "1.jpg"]  # no filepath in Flickr files
     assert images["split"].tolist() == ["train", "train"]
     assert list(captions.iloc[1].tokens) == ["two", "cats"]  # tokenised from raw
-    images, _, _, _ = read_karpathy(path, restval_split="val")
+    images, _, _, _ = read_karpathy(path, restval_split="val", on_bad="quarantine")
     assert images["split"].tolist() == ["train", "val"]
 
 
@@ -99,7 +104,7 @@ def test_non_ascii_text_survives(tmp_path):
     raw = "Ein Café — naïve “Ünïcödé” 猫, à côté!"
     records = [_karpathy_record(0, [_sentence(5, 0, raw)])]
     path = _write(tmp_path / "k.json", {"images": records})
-    _, captions, _, _ = read_karpathy(path)
+    _, captions, _, _ = read_karpathy(path, **KARPATHY)
     assert captions.iloc[0].raw == raw
     assert list(captions.iloc[0].tokens) == ["ein", "café", "naïve", "ünïcödé", "猫", "à", "côté"]
     coco = {
@@ -107,7 +112,9 @@ def test_non_ascii_text_survives(tmp_path):
         "annotations": [{"id": 1, "image_id": 9, "caption": raw}],
     }
     cpath = _write(tmp_path / "captions_val.json", coco)
-    _, c_captions, _, _ = read_coco_captions({"val": [cpath]})
+    _, c_captions, _, _ = read_coco_captions(
+        {"val": [cpath]}, image_subdirs=None, on_bad="quarantine"
+    )
     assert c_captions.iloc[0].raw == raw and list(c_captions.iloc[0].tokens) == list(
         captions.iloc[0].tokens
     )
@@ -125,13 +132,13 @@ def test_unusable_karpathy_files_raise_naming_the_file(tmp_path, text, message):
     path = tmp_path / "broken.json"
     path.write_text(text)
     with pytest.raises(AnnotationError, match=message) as info:
-        read_karpathy(path)
+        read_karpathy(path, **KARPATHY)
     assert str(path) in str(info.value)
 
 
 def test_missing_annotation_file_raises(tmp_path):
     with pytest.raises(AnnotationError, match="not found"):
-        read_karpathy(tmp_path / "nope.json")
+        read_karpathy(tmp_path / "nope.json", **KARPATHY)
     with pytest.raises(AnnotationError, match="no COCO captions files"):
         coco_annotation_files(str(tmp_path / "captions_*.json"))
 
@@ -152,7 +159,7 @@ def _bad_karpathy(tmp_path: Path) -> Path:
 
 def test_bad_karpathy_records_are_quarantined_with_file_and_record(tmp_path):
     path = _bad_karpathy(tmp_path)
-    images, captions, quarantine, counts = read_karpathy(path)
+    images, captions, quarantine, counts = read_karpathy(path, **KARPATHY)
     assert images["image_id"].tolist() == [0, 3]
     assert sorted(captions["caption_id"]) == [10, 13]
     assert (quarantine["file"] == str(path)).all()
@@ -174,7 +181,7 @@ def test_bad_karpathy_records_are_quarantined_with_file_and_record(tmp_path):
 def test_bad_record_raises_in_raise_mode(tmp_path):
     path = _bad_karpathy(tmp_path)
     with pytest.raises(AnnotationError) as info:
-        read_karpathy(path, on_bad="raise")
+        read_karpathy(path, restval_split="train", on_bad="raise")
     assert str(path) in str(info.value) and "/images/1" in str(info.value)
     assert "missing field(s) filename" in str(info.value)
 
@@ -197,7 +204,7 @@ def test_bad_coco_records_are_quarantined(tmp_path):
     }
     path = _write(tmp_path / "captions_train2014.json", data)
     images, captions, quarantine, counts = read_coco_captions(
-        coco_annotation_files(str(path)), image_subdirs={"train": "train2014"}
+        coco_annotation_files(str(path)), image_subdirs={"train": "train2014"}, on_bad="quarantine"
     )
     assert images["file_path"].tolist() == ["train2014/a.jpg"]
     assert captions["caption_id"].tolist() == [1]
@@ -217,7 +224,7 @@ def test_bad_coco_records_are_quarantined(tmp_path):
 def test_coco_file_without_annotations_list_raises(tmp_path):
     path = _write(tmp_path / "captions_val.json", {"images": []})
     with pytest.raises(AnnotationError, match="'annotations'"):
-        read_coco_captions({"val": [path]})
+        read_coco_captions({"val": [path]}, image_subdirs=None, on_bad="quarantine")
 
 
 def test_split_inference_from_coco_file_names(tmp_path):
@@ -234,25 +241,36 @@ def test_split_inference_from_coco_file_names(tmp_path):
 
 def test_read_annotations_node_applies_the_ceiling(tmp_path):
     path = _bad_karpathy(tmp_path)
-    dataset = {"name": "custom", "format": "karpathy", "annotations": str(path), "images_dir": "."}
+    # ``name`` is ``section``'s own argument, so the dataset keys are set on its result.
+    dataset = section("dataset") | {
+        "name": "flickr8k",
+        "format": "karpathy",
+        "annotations": str(path),
+        "images_dir": ".",
+    }
+    raw = {"name": "flickr8k"}
     with pytest.raises(DataQualityError, match="image records") as info:
-        read_annotations({"name": "custom"}, dataset, {"max_bad_fraction": 0.05})
+        read_annotations(raw, dataset, section("ingestion", max_bad_fraction=0.05))
     assert "/images/1" in str(info.value)
-    images, _, quarantine = read_annotations({"name": "custom"}, dataset, {"max_bad_fraction": 0.9})
+    images, _, quarantine = read_annotations(
+        raw, dataset, section("ingestion", max_bad_fraction=0.9)
+    )
     assert len(images) == 2 and len(quarantine) == 8
 
 
 def test_read_annotations_node_reads_coco_format(small_dataset):
     out, _ = small_dataset
-    dataset = {
+    dataset = section("dataset") | {
         "name": "synthetic",
         "format": "coco",
         "annotations": str(out / "annotations"),  # a folder: its captions_*.json
         "images_dir": str(out),
     }
-    images, captions, quarantine = read_annotations(
-        {"name": "synthetic"}, dataset, {"coco_image_subdirs": SUBDIRS}
-    )
+    ingestion = section("ingestion", coco_image_subdirs=SUBDIRS)
+    images, captions, quarantine = read_annotations({"name": "synthetic"}, dataset, ingestion)
     assert len(images) == 30 and len(captions) == 150 and quarantine.empty
     with pytest.raises(ValueError, match="dataset.format"):
-        read_annotations({}, {**dataset, "format": "yaml"}, {})
+        read_annotations({}, {**dataset, "format": "yaml"}, ingestion)
+    # Every parameter comes from conf: a partial section is an error naming the missing key.
+    with pytest.raises(ValueError, match="ingestion.restval_split: missing"):
+        read_annotations({}, dataset, {"coco_image_subdirs": SUBDIRS})

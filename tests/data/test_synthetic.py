@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import re
 from pathlib import Path
@@ -7,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from project_conf import section
 from pycocotools.coco import COCO
 
+from ica_captioning.data import synthetic, text
 from ica_captioning.data.synthetic import (
     COLOURS,
     MANIFEST_FILE,
@@ -41,15 +45,24 @@ SINGULAR["crescent"] = "crescent moon"  # also the modifier of "crescent moon(s)
 NUMBERS = {"two": 2, "three": 3, "four": 4}
 
 
+def _options(**overrides) -> dict:
+    """``ingestion.synthetic`` of conf/base with ``overrides``, less ``num_workers``."""
+    options = section("ingestion")["synthetic"] | overrides
+    del options["num_workers"]  # an execution detail: not a generator_config parameter
+    return options
+
+
 def _files(out: Path) -> list[Path]:
     files = dataset_files(out)
     return [files["karpathy"], *files["captions"].values(), *files["instances"].values()]
 
 
 def test_same_seed_gives_byte_identical_files_and_workers_do_not_matter(tmp_path):
-    a = generate_dataset(tmp_path / "a", num_images=20, image_size=64, seed=3)
-    generate_dataset(tmp_path / "b", num_images=20, image_size=64, seed=3, num_workers=2)
-    generate_dataset(tmp_path / "c", num_images=20, image_size=64, seed=4)
+    a = generate_dataset(tmp_path / "a", **_options(num_images=20, image_size=64, seed=3))
+    generate_dataset(
+        tmp_path / "b", **_options(num_images=20, image_size=64, seed=3), num_workers=2
+    )
+    generate_dataset(tmp_path / "c", **_options(num_images=20, image_size=64, seed=4))
     for fa, fb, fc in zip(_files(tmp_path / "a"), _files(tmp_path / "b"), _files(tmp_path / "c")):
         assert fa.read_bytes() == fb.read_bytes(), fa.name
         assert fa.read_bytes() != fc.read_bytes(), fa.name
@@ -118,13 +131,14 @@ def test_coco_files_load_with_pycocotools_and_agree_with_karpathy(small_dataset)
 def test_masks_decode_to_the_visible_pixels_of_each_drawn_object(small_dataset):
     out, summary = small_dataset
     size = summary["config"]["image_size"]
+    n_captions = summary["config"]["captions_per_image"]
     n_polygons = n_rle = n_occluded = 0
     for split in ("train", "val", "test"):
         inst = COCO(str(out / "annotations" / f"instances_{split}.json"))
         cat_name = {c["id"]: c["name"] for c in inst.loadCats(inst.getCatIds())}
         for image_id in inst.getImgIds():
             pixels = np.asarray(Image.open(out / "images" / inst.imgs[image_id]["file_name"]))
-            scene = render_scene(image_id - 1, size, summary["config"]["seed"], 5)
+            scene = render_scene(image_id - 1, size, summary["config"]["seed"], n_captions)
             assert np.array_equal(pixels, scene.pixels)
             anns = inst.loadAnns(inst.getAnnIds(imgIds=[image_id]))
             assert 1 <= len(anns) <= 4
@@ -200,49 +214,65 @@ def test_captions_only_name_what_is_in_the_image():
 
 
 def test_scene_has_one_to_four_objects_and_varied_captions():
-    n_objects = {len(render_scene(i, 96, 1).objects) for i in range(60)}
+    n_objects = {len(render_scene(i, 96, 1, 5).objects) for i in range(60)}
     assert n_objects == {1, 2, 3, 4}
     scene = render_scene(5, 96, 1, captions=7)
     assert len(scene.captions) == 7 == len(set(scene.captions))
 
 
 def test_up_to_date_check(tmp_path):
-    config = generator_config(num_images=10, image_size=48, seed=1)
+    config = generator_config(**_options(num_images=10, image_size=48, seed=1))
     assert not is_up_to_date(tmp_path, config)
-    generate_dataset(tmp_path, num_images=10, image_size=48, seed=1)
+    generate_dataset(tmp_path, **_options(num_images=10, image_size=48, seed=1))
     assert is_up_to_date(tmp_path, config)
-    assert not is_up_to_date(tmp_path, generator_config(num_images=10, image_size=48, seed=2))
+    other = generator_config(**_options(num_images=10, image_size=48, seed=2))
+    assert not is_up_to_date(tmp_path, other)
     (tmp_path / "images" / "000004.png").unlink()
     assert not is_up_to_date(tmp_path, config)
     assert json.loads((tmp_path / MANIFEST_FILE).read_text())["config"] == config
     (tmp_path / "images" / "notes.txt").write_text("mine")
-    generate_dataset(tmp_path, num_images=6, image_size=48, seed=1)  # smaller: stale files go
+    generate_dataset(tmp_path, **_options(num_images=6, image_size=48, seed=1))  # stale files go
     names = sorted(p.name for p in (tmp_path / "images").iterdir())
     assert names == [f"{i:06d}.png" for i in range(1, 7)] + ["notes.txt"]
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"num_images": 0}, {"image_size": 8}, {"image_format": "gif"}, {"captions_per_image": 0}],
+    [
+        {"num_images": 0},
+        {"image_size": 8},
+        {"image_format": "gif"},
+        {"captions_per_image": 0},
+        {"split_fractions": {"train": 0.8, "dev": 0.2}},
+        {"split_fractions": {}},
+    ],
 )
 def test_bad_generator_parameters_are_rejected(kwargs):
     with pytest.raises(ValueError):
-        generator_config(**kwargs)
+        generator_config(**_options(seed=0, **kwargs))
+
+
+def test_conf_is_the_one_home_of_the_generator_parameters():
+    """Every option of ``ingestion.synthetic`` is a parameter, and none has a code default."""
+    params = inspect.signature(generate_dataset).parameters
+    required = {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and p.default is p.empty}
+    assert required | {"num_workers"} == set(section("ingestion")["synthetic"])
+    with pytest.raises(TypeError):
+        generator_config(num_images=10, image_size=48, seed=1)
 
 
 def test_changed_generator_code_makes_the_dataset_stale(tmp_path):
-    """Files written by other generator code (same version number) are regenerated."""
-    config = generator_config(num_images=4, image_size=48, seed=1)
-    generate_dataset(tmp_path, num_images=4, image_size=48, seed=1)
+    """Files written by other generator code (same parameters) are regenerated."""
+    config = generator_config(**_options(num_images=4, image_size=48, seed=1))
+    generate_dataset(tmp_path, **_options(num_images=4, image_size=48, seed=1))
     assert is_up_to_date(tmp_path, config)
-    # The fingerprint is the hash of the generator's and tokeniser's source files.
-    import hashlib
-
-    from ica_captioning.data import synthetic, text
-
+    # The fingerprint is the hash of every module of the generator package (by name) and of
+    # the tokeniser.
+    modules = sorted(Path(synthetic.__file__).parent.glob("*.py"))
+    assert {p.stem for p in modules} >= {"__init__", "captions", "scenes", "writer"}
     digest = hashlib.sha256()
-    for module in (synthetic, text):
-        digest.update(open(module.__file__, "rb").read())
+    for path in [*modules, Path(text.__file__)]:
+        digest.update(path.read_bytes())
     assert config["generator_source"] == digest.hexdigest()[:16]
     manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
     manifest["config"]["generator_source"] = "0" * 16  # written by an older generator
@@ -251,7 +281,8 @@ def test_changed_generator_code_makes_the_dataset_stale(tmp_path):
 
 
 def test_jpeg_output(tmp_path):
-    summary = generate_dataset(tmp_path, num_images=4, image_size=48, seed=2, image_format="jpg")
+    options = _options(num_images=4, image_size=48, seed=2, image_format="jpg")
+    summary = generate_dataset(tmp_path, **options)
     data = json.loads((tmp_path / "dataset_synthetic.json").read_text())
     assert [im["filename"] for im in data["images"]] == [f"{i:06d}.jpg" for i in range(1, 5)]
     for im in data["images"]:

@@ -5,15 +5,17 @@ import pandas as pd
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from project_conf import section
 
 from ica_captioning.data.text import (
-    SPECIALS,
     Vocabulary,
+    as_tokens,
     build_vocabulary,
     encode_captions,
     tokenize,
 )
 from ica_captioning.pipelines.ingestion.nodes import build_vocabulary as build_vocabulary_node
+from ica_captioning.tokens import END_ID, PAD_ID, SPECIAL_WORDS, START_ID, UNK_ID
 
 
 @pytest.mark.parametrize(
@@ -35,6 +37,17 @@ def test_tokenize_matches_karpathy_conventions(raw, tokens):
     assert tokenize(raw) == tokens.split()
 
 
+def test_special_token_ids_follow_the_vocabulary_order():
+    vocab = build_vocabulary([["a"]], min_freq=1, max_len=3)
+    assert [vocab.stoi[w] for w in SPECIAL_WORDS] == [PAD_ID, START_ID, END_ID, UNK_ID]
+    assert vocab.encode(["a", "zebra"]).tolist() == [START_ID, 4, UNK_ID, END_ID]
+
+
+def test_as_tokens_gives_a_list_for_lists_and_parquet_arrays():
+    assert as_tokens(np.array(["a", "dog"], dtype=object)) == ["a", "dog"]
+    assert as_tokens(("a", "dog")) == ["a", "dog"]
+
+
 def test_vocabulary_specials_min_freq_and_order():
     tokens = [["a", "red", "circle"], ["a", "blue", "circle"], ["a", "red", "star"]]
     vocab = build_vocabulary(tokens, min_freq=2, max_len=5)
@@ -46,9 +59,11 @@ def test_vocabulary_specials_min_freq_and_order():
     assert Vocabulary.from_json(vocab.to_json()).itos == vocab.itos
     assert vocab.to_json() == {"itos": vocab.itos, "min_freq": 2, "max_len": 5}
     with pytest.raises(ValueError):
-        Vocabulary(["a", "b"])
+        Vocabulary(["a", "b"], 1, 5)
     with pytest.raises(ValueError):
-        build_vocabulary(tokens, min_freq=0)
+        build_vocabulary(tokens, min_freq=0, max_len=5)
+    with pytest.raises(TypeError, match="max_len"):  # no code default: conf's value is used
+        build_vocabulary(tokens, min_freq=2)
 
 
 @given(
@@ -80,9 +95,14 @@ def test_vocabulary_node_uses_train_split_only_and_encoding_table():
             "tokens": [["a", "star"], ["a", "star", "above"], ["a", "zebra"], ["hoop"]],
         }
     )
-    vocab = build_vocabulary_node(captions, {"min_word_freq": 1, "max_caption_len": 2})
-    assert vocab["itos"] == [*SPECIALS, "a", "star", "above"]
+    vocab = build_vocabulary_node(
+        captions, section("ingestion", min_word_freq=1, max_caption_len=2)
+    )
+    assert vocab["itos"] == [*SPECIAL_WORDS, "a", "star", "above"]
     assert vocab["max_len"] == 2
+    # Without an override the caption length is conf's (no code default competes with it).
+    conf = section("ingestion", min_word_freq=1)
+    assert build_vocabulary_node(captions, conf)["max_len"] == conf["max_caption_len"]
     encoded = encode_captions(captions, Vocabulary.from_json(vocab))
     assert encoded["ids"].map(list).tolist() == [
         [1, 4, 5, 2],

@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-PAD, START, END, UNK = 0, 1, 2, 3
-
 
 class ToyDecoder(nn.Module):
     """GRU-like toy: logits depend on the image features, the history and attention."""

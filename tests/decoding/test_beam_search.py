@@ -3,19 +3,21 @@ import math
 
 import pytest
 import torch
-from _decoding_toys import END, PAD, START, UNK, ToyDecoder, ToyModel
+from _decoding_toys import ToyDecoder, ToyModel
+from project_conf import section
 
 from ica_captioning.decoding import beam_search, beam_search_features, teacher_forced_alphas
+from ica_captioning.tokens import END_ID, PAD_ID, START_ID, UNK_ID
 
-BANNED = (PAD, START, UNK)
+BANNED = (PAD_ID, START_ID, UNK_ID)
 
 
 def sequence_logprob(decoder, features, words):
     """log p(words + <end> | image) by running the decoder one token at a time."""
     state = decoder.init_state(features[None])
     total = 0.0
-    inputs = [START, *words]
-    targets = [*words, END]
+    inputs = [START_ID, *words]
+    targets = [*words, END_ID]
     with torch.no_grad():
         for inp, tgt in zip(inputs, targets):
             logits, _, state = decoder.step(features[None], torch.tensor([inp]), state)
@@ -24,7 +26,7 @@ def sequence_logprob(decoder, features, words):
 
 
 def exhaustive_best(decoder, features, vocab, max_len, length_penalty=0.0):
-    words = [w for w in range(vocab) if w not in (*BANNED, END)]
+    words = [w for w in range(vocab) if w not in (*BANNED, END_ID)]
     best = (-math.inf, None)
     for n in range(max_len + 1):
         for seq in itertools.product(words, repeat=n):
@@ -45,27 +47,27 @@ def per_image_beam_search(decoder, features, beam_size, max_len):
             if done:
                 candidates.append((score, toks, st, True))
                 continue
-            inp = toks[-1] if toks else START
+            inp = toks[-1] if toks else START_ID
             with torch.no_grad():
                 logits, _, new_st = decoder.step(features[None], torch.tensor([inp]), st)
             logp = torch.log_softmax(logits[0], -1)
             for w in range(logp.shape[0]):
-                if w in BANNED or (t == max_len and w != END):
+                if w in BANNED or (t == max_len and w != END_ID):
                     continue
-                candidates.append((score + logp[w].item(), toks + [w], new_st, w == END))
+                candidates.append((score + logp[w].item(), toks + [w], new_st, w == END_ID))
         candidates.sort(key=lambda h: -h[0])
         hyps = candidates[:beam_size]
         if all(h[3] for h in hyps):
             break
     best = max(hyps, key=lambda h: h[0])
-    toks = best[1][:-1] if best[1] and best[1][-1] == END else best[1]
+    toks = best[1][:-1] if best[1] and best[1][-1] == END_ID else best[1]
     return toks, best[0]
 
 
 def run(decoder, features, **kw):
-    kw.setdefault("start_id", START)
-    kw.setdefault("end_id", END)
-    kw.setdefault("pad_id", PAD)
+    kw.setdefault("start_id", START_ID)
+    kw.setdefault("end_id", END_ID)
+    kw.setdefault("pad_id", PAD_ID)
     kw.setdefault("banned_ids", BANNED)
     return beam_search_features(decoder, features, **kw)
 
@@ -105,7 +107,7 @@ def test_greedy_is_argmax_decoding(toy_decoder, toy_features):
     out = run(toy_decoder, toy_features, beam_size=1, max_len=5)
     for b in range(toy_features.shape[0]):
         state = toy_decoder.init_state(toy_features[b : b + 1])
-        inp, words = START, []
+        inp, words = START_ID, []
         for t in range(6):
             logits, _, state = toy_decoder.step(toy_features[b : b + 1], torch.tensor([inp]), state)
             logits = logits[0].clone()
@@ -113,7 +115,7 @@ def test_greedy_is_argmax_decoding(toy_decoder, toy_features):
             if t == 5:
                 break
             inp = int(logits.argmax())
-            if inp == END:
+            if inp == END_ID:
                 break
             words.append(inp)
         assert out.token_lists()[b] == words
@@ -128,12 +130,12 @@ def test_outputs_shapes_padding_and_alphas_match_teacher_forcing(toy_decoder, to
     assert (out.lengths <= 6).all()
     for i, words in enumerate(out.token_lists()):
         n = len(words)
-        assert (out.tokens[i, n:] == PAD).all()
+        assert (out.tokens[i, n:] == PAD_ID).all()
         assert (out.alphas[i, n:] == 0).all()
-        assert END not in words and not set(words) & set(BANNED)
+        assert END_ID not in words and not set(words) & set(BANNED)
         # The attention of word i is the one of the step that predicted it: teacher-forcing the
         # chosen caption must give the same maps.
-        ids = torch.tensor([[START, *words, END]])
+        ids = torch.tensor([[START_ID, *words, END_ID]])
         tf = teacher_forced_alphas(toy_decoder, toy_features[i : i + 1], ids)[0, :n]
         torch.testing.assert_close(out.alphas[i, :n], tf)
         torch.testing.assert_close(out.alphas[i, :n].sum(-1), torch.ones(n))
@@ -152,7 +154,9 @@ def test_max_len_zero_forces_empty_captions(toy_decoder, toy_features):
 def test_beam_search_on_images_chunks_consistently():
     model = ToyModel(vocab=9, num_cells=4, dim=5, seed=2)
     images = torch.randn(7, 3, 2, 2, generator=torch.Generator().manual_seed(0))
-    kw = dict(beam_size=3, max_len=5, start_id=START, end_id=END, pad_id=PAD, banned_ids=BANNED)
+    kw = dict(
+        beam_size=3, max_len=5, start_id=START_ID, end_id=END_ID, pad_id=PAD_ID, banned_ids=BANNED
+    )
     whole = beam_search(model, images, batch_size=7, **kw)
     chunked = beam_search(model, images, batch_size=2, **kw)
     assert whole.token_lists() == chunked.token_lists()
@@ -167,7 +171,7 @@ def test_bad_inputs_raise(toy_decoder, toy_features):
     with pytest.raises(ValueError, match="max_len"):
         run(toy_decoder, toy_features, beam_size=2, max_len=-1)
     with pytest.raises(ValueError, match="end_id"):
-        run(toy_decoder, toy_features, beam_size=2, max_len=3, banned_ids=(END,))
+        run(toy_decoder, toy_features, beam_size=2, max_len=3, banned_ids=(END_ID,))
     with pytest.raises(ValueError, match=r"\[B, L, D\]"):
         run(toy_decoder, toy_features[0], beam_size=2, max_len=3)
     with pytest.raises(ValueError, match="outside the vocabulary"):
@@ -189,10 +193,10 @@ def test_teacher_forcing_mixed_lengths_equals_one_caption_at_a_time(toy_decoder,
     rng = torch.Generator().manual_seed(5)
     lengths = [3, 0, 5, 1, 5, 2]  # words per caption
     width = max(lengths) + 2
-    ids = torch.full((len(lengths), width), PAD, dtype=torch.long)
+    ids = torch.full((len(lengths), width), PAD_ID, dtype=torch.long)
     for i, n in enumerate(lengths):
         words = torch.randint(4, 7, (n,), generator=rng)
-        ids[i, : n + 2] = torch.cat([torch.tensor([START]), words, torch.tensor([END])])
+        ids[i, : n + 2] = torch.cat([torch.tensor([START_ID]), words, torch.tensor([END_ID])])
     got = teacher_forced_alphas(toy_decoder, toy_features, ids)
     assert got.shape == (len(lengths), width - 1, toy_features.shape[1])
     for i, n in enumerate(lengths):
@@ -219,10 +223,13 @@ def _real_decoder(vocab=9, seed=3):
     from ica_captioning.model.decoder import AttentionDecoder
 
     torch.manual_seed(seed)
-    dec = AttentionDecoder(vocab, 6, embed_dim=5, hidden_dim=8, attention_dim=4, dropout=0.0)
+    sizes = {"embed_dim": 5, "hidden_dim": 8, "attention_dim": 4, "dropout": 0.0}
+    dec = AttentionDecoder(
+        vocab_size=vocab, feature_dim=6, **{**section("train")["decoder"], **sizes}
+    )
     with torch.no_grad():  # peakier words and a rarer <end>: captions of varied length
         dec.out.weight.mul_(4.0)
-        dec.out.bias[END] -= 1.0
+        dec.out.bias[END_ID] -= 1.0
     return dec.eval()
 
 

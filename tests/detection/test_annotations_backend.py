@@ -5,6 +5,7 @@ import copy
 import numpy as np
 import pytest
 from coco_toys import SIZES, compressed, rect, rewrite
+from project_conf import section
 from pycocotools.coco import COCO
 
 from ica_captioning.detection import (
@@ -15,10 +16,11 @@ from ica_captioning.detection import (
     make_backend,
 )
 from ica_captioning.detection.annotations import AnnotationsBackend
+from ica_captioning.params import DatasetParams, DetectionParams, ParameterError
 
 
-def run(toy, **kw):
-    backend = AnnotationsBackend(toy.instances, toy.images, **kw)
+def run(toy, include_crowd=True):
+    backend = AnnotationsBackend(toy.instances, toy.images, include_crowd=include_crowd)
     results, bad = backend.detect(image_records(toy.images, toy.root))
     return backend, results, bad
 
@@ -119,18 +121,31 @@ def test_image_size_in_instances_file_disagreeing_with_images_table(toy):
 
 def test_missing_or_malformed_files_raise(toy, tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.json"):
-        AnnotationsBackend(tmp_path / "nope.json", toy.images)
+        AnnotationsBackend(tmp_path / "nope.json", toy.images, include_crowd=True)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(DetectionConfigError, match="not valid JSON"):
-        AnnotationsBackend(bad, toy.images)
+        AnnotationsBackend(bad, toy.images, include_crowd=True)
     bad.write_text('{"images": []}')
     with pytest.raises(DetectionConfigError, match="'annotations' list missing"):
-        AnnotationsBackend(bad, toy.images)
+        AnnotationsBackend(bad, toy.images, include_crowd=True)
+    detection = DetectionParams.parse(section("detection", backend="annotations"), "detection")
+    no_instances = DatasetParams.parse(section("dataset", instances=None), "dataset")
+    with_instances = DatasetParams.parse(
+        section("dataset", instances=str(toy.instances)), "dataset"
+    )
+    built = make_backend(detection, with_instances, toy.images)
+    assert isinstance(built, AnnotationsBackend) and built.include_crowd == detection.include_crowd
+    assert built.batch_size == max(64, detection.batch_size)
     with pytest.raises(DetectionConfigError, match="dataset.instances"):
-        make_backend({"backend": "annotations"}, {"instances": None}, toy.images)
+        make_backend(detection, no_instances, toy.images)
+    # An unknown backend stops at the parameters, by full key name ...
+    with pytest.raises(ParameterError, match="detection.backend"):
+        DetectionParams.parse(section("detection", backend="yolo"), "detection")
+    # ... and make_backend still refuses a params object that skipped validation.
+    unchecked = detection.model_copy(update={"backend": "yolo"})
     with pytest.raises(DetectionConfigError, match="not one of"):
-        make_backend({"backend": "yolo"}, {}, toy.images)
+        make_backend(unchecked, no_instances, toy.images)
 
 
 def test_conflicting_category_names_across_files_raise(toy, tmp_path):
@@ -139,4 +154,4 @@ def test_conflicting_category_names_across_files_raise(toy, tmp_path):
     data["categories"][0]["name"] = "human"
     other.write_text(__import__("json").dumps(data))
     with pytest.raises(DetectionConfigError, match="category id 1 is 'human'"):
-        AnnotationsBackend([toy.instances, other], toy.images)
+        AnnotationsBackend([toy.instances, other], toy.images, include_crowd=True)

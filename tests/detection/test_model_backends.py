@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from coco_toys import SIZES
+from project_conf import section
 
 from ica_captioning.detection import (
     DetectionConfigError,
@@ -18,26 +19,38 @@ from ica_captioning.detection import (
     run_sharded,
 )
 from ica_captioning.detection.detectron2_backend import Detectron2Backend, Detectron2Unavailable
-from ica_captioning.detection.images import load_rgb
+from ica_captioning.detection.images import read_detection_image
 from ica_captioning.detection.torchvision_backend import TorchvisionBackend, coco_categories
+from ica_captioning.params import DatasetParams, DetectionParams
 
 INSTALL = (
     "pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'"
 )
 
 
+def detection_params(**overrides) -> DetectionParams:
+    """conf/base's ``detection`` section with single keys overridden, parsed."""
+    return DetectionParams.parse(section("detection", **overrides), "detection")
+
+
+def torchvision_backend(weights, **overrides) -> TorchvisionBackend:
+    """The torchvision backend of conf/base's settings for ``weights``."""
+    return TorchvisionBackend.from_params(detection_params(weights=weights, **overrides))
+
+
 def test_image_checks(toy):
     recs = image_records(toy.images, toy.root)
-    pixels, bad = load_rgb(recs[0])
+    pixels, bad = read_detection_image(recs[0])
     assert bad is None and pixels.shape == (32, 48, 3) and pixels.dtype == np.uint8
     (toy.root / "images" / "000002.png").write_bytes(b"\x89PNG not really")
-    _, bad = load_rgb(recs[1])
+    _, bad = read_detection_image(recs[1])
     assert bad["image_id"] == 2 and bad["reason"].startswith("image fails to decode")
     assert bad["source"] == "detection" and bad["file"].endswith("000002.png")
     (toy.root / "images" / "000003.png").unlink()
-    assert load_rgb(recs[2])[1]["reason"] == "image file not found"
+    assert read_detection_image(recs[2])[1]["reason"] == "image file not found"
     wrong = recs[0].__class__(1, "x", recs[0].path, 47, 32)
-    assert "48x32 (WxH) but the images table says 47x32" in load_rgb(wrong)[1]["reason"]
+    reason = read_detection_image(wrong)[1]["reason"]
+    assert "48x32 (WxH) but the images table says 47x32" in reason
 
 
 @pytest.fixture(scope="module")
@@ -60,21 +73,23 @@ TV = {"min_size": 64, "max_size": 96, "options": OPTIONS}
 
 @pytest.mark.slow
 def test_torchvision_end_to_end_on_cpu(toy, tmp_path, weights_file):
-    params = {
-        "backend": "torchvision",
-        "weights": str(weights_file),
-        "device": "cpu",
-        "score_threshold": 0.0,  # random weights: keep whatever comes out
-        "max_detections": 5,
-        "batch_size": 2,
-        "torchvision": TV,
-    }
-    backend = make_backend(params, {}, toy.images)
+    params = detection_params(
+        backend="torchvision",
+        weights=str(weights_file),
+        device="cpu",
+        score_threshold=0.0,  # random weights: keep whatever comes out
+        max_detections=5,
+        batch_size=2,
+        torchvision=TV,
+    )
+    backend = make_backend(params, DatasetParams.parse(section("dataset"), "dataset"), toy.images)
     assert isinstance(backend, TorchvisionBackend) and backend.categories == coco_categories()
     # Image 3 is broken: quarantined, the others are detected.
     (toy.root / "images" / "000003.png").write_bytes(b"junk")
     records = image_records(toy.images, toy.root)
-    report = run_sharded(backend, records, tmp_path / "s", shard_size=2, progress=False)
+    report = run_sharded(
+        backend, records, tmp_path / "s", shard_size=2, shard_index=0, num_shards=1, progress=False
+    )
     detections, quarantine = merge_shards(report["run_dir"].iat[0], records, 2)
     assert quarantine["image_id"].tolist() == [3]
     assert set(detections["image_id"]) == {1, 2}
@@ -95,7 +110,7 @@ def test_torchvision_end_to_end_on_cpu(toy, tmp_path, weights_file):
     )
     ref.load_state_dict(torch.load(weights_file, weights_only=True))
     ref.eval()
-    pixels = [load_rgb(r)[0] for r in records[:2]]
+    pixels = [read_detection_image(r)[0] for r in records[:2]]
     with torch.inference_mode():
         outs = ref([torch.from_numpy(p.copy()).permute(2, 0, 1).float() / 255 for p in pixels])
     cats = coco_categories()
@@ -126,39 +141,53 @@ def test_torchvision_loads_training_checkpoints_and_rejects_bad_files(tmp_path, 
     state = torch.load(weights_file, weights_only=True)
     ckpt = tmp_path / "ckpt.pth"
     torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, ckpt)
-    TorchvisionBackend(ckpt)  # DDP prefix and the {"model": ...} wrapper are handled
+    torchvision_backend(str(ckpt))  # DDP prefix and the {"model": ...} wrapper are handled
     broken = tmp_path / "broken.pth"
     torch.save({k: v for k, v in state.items() if "mask_head" not in k}, broken)
     with pytest.raises(DetectionConfigError, match="does not fit maskrcnn_resnet50_fpn"):
-        TorchvisionBackend(broken)
+        torchvision_backend(str(broken))
     with pytest.raises(DetectionConfigError, match="category names"):
-        TorchvisionBackend(weights_file, categories=["a", "b"])
+        torchvision_backend(str(weights_file), torchvision={"categories": ["a", "b"]})
 
 
 def test_torchvision_configuration_errors(tmp_path):
     with pytest.raises(DetectionConfigError, match="detection.weights is not set"):
-        TorchvisionBackend(None)
+        torchvision_backend(None)
     with pytest.raises(FileNotFoundError, match="neither an existing file nor one of"):
-        TorchvisionBackend(tmp_path / "missing.pth")
+        torchvision_backend(str(tmp_path / "missing.pth"))
+    # The schema only admits known models; the constructor checks direct callers too.
     with pytest.raises(DetectionConfigError, match="is not one of"):
-        TorchvisionBackend("DEFAULT", model="maskrcnn_resnet152")
+        TorchvisionBackend(
+            "DEFAULT",
+            model="maskrcnn_resnet152",
+            device="cpu",
+            score_threshold=0.5,
+            max_detections=100,
+            mask_threshold=0.5,
+            batch_size=1,
+            min_size=800,
+            max_size=1333,
+            categories=None,
+            options=None,
+        )
     junk = tmp_path / "junk.pth"
     torch.save({"a": torch.zeros(1)}, junk)
     with pytest.raises(DetectionConfigError, match="not a Mask R-CNN state dict"):
-        TorchvisionBackend(junk)
+        torchvision_backend(str(junk))
     if not torch.cuda.is_available():
         with pytest.raises(DetectionConfigError, match="CUDA is not available"):
-            TorchvisionBackend(junk, device="cuda")
+            torchvision_backend(str(junk), device="cuda")
 
 
 def test_detectron2_absent_fails_at_once_with_install_command(monkeypatch, toy):
     # None in sys.modules makes `import detectron2` raise ImportError even where it is installed.
     monkeypatch.setitem(sys.modules, "detectron2", None)
+    params = detection_params(backend="detectron2", weights=None)
     with pytest.raises(Detectron2Unavailable) as err:
-        Detectron2Backend(weights=None)
+        Detectron2Backend.from_params(params)
     assert INSTALL in str(err.value)
     with pytest.raises(ImportError, match="pip install --no-build-isolation"):
-        make_backend({"backend": "detectron2", "device": "cpu"}, {}, toy.images)
+        make_backend(params, DatasetParams.parse(section("dataset"), "dataset"), toy.images)
 
 
 def test_detectron2_real_if_installed(toy, tmp_path):
@@ -174,8 +203,14 @@ def test_detectron2_real_if_installed(toy, tmp_path):
     cfg.merge_from_file(model_zoo.get_config_file(config))
     cfg.MODEL.DEVICE = "cpu"
     DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("random")
-    backend = Detectron2Backend(
-        tmp_path / "random.pth", config=config, device="cpu", score_threshold=0.0
+    backend = Detectron2Backend.from_params(
+        detection_params(
+            backend="detectron2",
+            weights=str(tmp_path / "random.pth"),
+            device="cpu",
+            score_threshold=0.0,
+            detectron2={"config": config},
+        )
     )
     records = image_records(toy.images, toy.root)
     results, bad = backend.detect(records)

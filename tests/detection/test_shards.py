@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 from coco_toys import SIZES
 
+from ica_captioning.data.tables import quarantine_row
 from ica_captioning.detection import (
     DetectionConfigError,
     ImageDetections,
@@ -13,7 +14,10 @@ from ica_captioning.detection import (
     run_sharded,
 )
 from ica_captioning.detection.annotations import AnnotationsBackend
-from ica_captioning.detection.base import DetectorBackend, quarantine_row
+from ica_captioning.detection.base import DetectorBackend
+
+#: One process owning every shard, no progress bar.
+SINGLE = {"shard_index": 0, "num_shards": 1, "progress": False}
 
 
 class Counting(DetectorBackend):
@@ -51,11 +55,11 @@ def many_images(toy, n=10):
 def test_resume_after_interruption_skips_finished_shards(toy, tmp_path):
     images = many_images(toy)
     records = image_records(images, toy.root)
-    inner = AnnotationsBackend(toy.instances, images)
+    inner = AnnotationsBackend(toy.instances, images, include_crowd=True)
     shards = tmp_path / "shards"
     killed = Counting(inner, die_after=7)  # dies in the 4th shard of 3 images
     with pytest.raises(KeyboardInterrupt):
-        run_sharded(killed, records, shards, shard_size=3, progress=False)
+        run_sharded(killed, records, shards, shard_size=3, **SINGLE)
     (folder,) = shards.iterdir()
     done = sorted(p.name for p in folder.glob("shard-*[0-9].parquet"))
     assert done == ["shard-00000.parquet", "shard-00001.parquet"]
@@ -64,7 +68,7 @@ def test_resume_after_interruption_skips_finished_shards(toy, tmp_path):
     (folder / ".shard-00002.parquet.999.tmp").write_bytes(b"partial")
 
     again = Counting(inner)
-    report = run_sharded(again, records, shards, shard_size=3, progress=False)
+    report = run_sharded(again, records, shards, shard_size=3, **SINGLE)
     assert again.seen == [7, 8, 9, 10]  # only shards 2 and 3
     assert report["status"].tolist() == ["skipped", "skipped", "done", "done"]
     assert {p: p.stat().st_mtime_ns for p in before} == before  # untouched
@@ -73,7 +77,7 @@ def test_resume_after_interruption_skips_finished_shards(toy, tmp_path):
     assert sorted(detections["image_id"].unique()) == list(range(1, 11))
     assert quarantine.empty
     # Same as one uninterrupted run.
-    fresh = run_sharded(Counting(inner), records, tmp_path / "fresh", shard_size=3, progress=False)
+    fresh = run_sharded(Counting(inner), records, tmp_path / "fresh", shard_size=3, **SINGLE)
     ref, _ = merge_shards(fresh["run_dir"].iat[0], records, 3)
     pd.testing.assert_frame_equal(detections, ref)
 
@@ -81,7 +85,7 @@ def test_resume_after_interruption_skips_finished_shards(toy, tmp_path):
 def test_disjoint_shards_across_processes_then_merge(toy, tmp_path):
     images = many_images(toy, 11)
     records = image_records(images, toy.root)
-    inner = AnnotationsBackend(toy.instances, images)
+    inner = AnnotationsBackend(toy.instances, images, include_crowd=True)
     seen = []
     for k in range(3):
         b = Counting(inner)
@@ -103,13 +107,19 @@ def test_disjoint_shards_across_processes_then_merge(toy, tmp_path):
 def test_changed_settings_start_a_fresh_folder(toy, tmp_path):
     images = many_images(toy, 4)
     records = image_records(images, toy.root)
-    a = run_sharded(AnnotationsBackend(toy.instances, images), records, tmp_path, 2, progress=False)
+    a = run_sharded(
+        AnnotationsBackend(toy.instances, images, include_crowd=True),
+        records,
+        tmp_path,
+        shard_size=2,
+        **SINGLE,
+    )
     b = run_sharded(
         AnnotationsBackend(toy.instances, images, include_crowd=False),
         records,
         tmp_path,
-        2,
-        progress=False,
+        shard_size=2,
+        **SINGLE,
     )
     assert a["run_dir"].iat[0] != b["run_dir"].iat[0]
     assert (b["status"] == "done").all()
@@ -125,9 +135,11 @@ def test_changed_settings_start_a_fresh_folder(toy, tmp_path):
 )
 def test_bad_sharding_parameters(toy, tmp_path, kw, match):
     images = many_images(toy, 2)
-    backend = AnnotationsBackend(toy.instances, images)
+    backend = AnnotationsBackend(toy.instances, images, include_crowd=True)
     with pytest.raises(DetectionConfigError, match=match):
-        run_sharded(backend, image_records(images, toy.root), tmp_path, **kw)
+        run_sharded(
+            backend, image_records(images, toy.root), tmp_path, **{"shard_size": 2, **SINGLE, **kw}
+        )
 
 
 class Wrong(DetectorBackend):
@@ -157,7 +169,7 @@ class Wrong(DetectorBackend):
 def test_mask_size_disagreeing_with_image_is_quarantined(toy, tmp_path):
     images = many_images(toy, 2)
     records = image_records(images, toy.root)
-    rep = run_sharded(Wrong("size"), records, tmp_path, 4, progress=False)
+    rep = run_sharded(Wrong("size"), records, tmp_path, shard_size=4, **SINGLE)
     detections, quarantine = merge_shards(rep["run_dir"].iat[0], records, 4)
     assert detections.empty
     assert quarantine["image_id"].tolist() == [1, 2]
@@ -169,7 +181,9 @@ def test_mask_size_disagreeing_with_image_is_quarantined(toy, tmp_path):
 def test_backend_losing_an_image_is_an_error(toy, tmp_path):
     images = many_images(toy, 2)
     with pytest.raises(RuntimeError, match=r"no result for image\(s\) \[1, 2\]"):
-        run_sharded(Wrong("skip"), image_records(images, toy.root), tmp_path, 4, progress=False)
+        run_sharded(
+            Wrong("skip"), image_records(images, toy.root), tmp_path, shard_size=4, **SINGLE
+        )
 
 
 def test_image_id_zero_and_bad_images_tables(toy, tmp_path):
@@ -178,7 +192,7 @@ def test_image_id_zero_and_bad_images_tables(toy, tmp_path):
     images = many_images(toy, 2)
     images["image_id"] = [0, 1]  # Flickr's Karpathy ids start at 0
     records = image_records(validate_images_table(images), toy.root)
-    rep = run_sharded(Wrong("undecodable"), records, tmp_path, 4, progress=False)
+    rep = run_sharded(Wrong("undecodable"), records, tmp_path, shard_size=4, **SINGLE)
     detections, quarantine = merge_shards(rep["run_dir"].iat[0], records, 4)
     assert detections.empty and quarantine["image_id"].tolist() == [0, 1]
     with pytest.raises(DetectionConfigError, match=r"lacks column\(s\) \['width'\]"):

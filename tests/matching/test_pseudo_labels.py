@@ -3,15 +3,29 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from project_conf import section
 
 from ica_captioning.detection import ImageDetections, detections_frame, encode_masks, image_records
 from ica_captioning.detection.annotations import AnnotationsBackend
 from ica_captioning.matching import Lexicon, match_classes, unpack_grid
 from ica_captioning.matching.pseudo_labels import MatchingInputError, build_pseudo_labels
+from ica_captioning.params import MatchingParams
+
+
+def build(captions, detections, lexicon, **overrides):
+    """``build_pseudo_labels`` with conf/base's matching settings, single ones overridden."""
+    conf = MatchingParams.parse(section("matching"), "matching")
+    settings = {
+        "score_threshold": conf.score_threshold,
+        "grid_size": conf.grid_size,
+        "cell_threshold": conf.cell_threshold,
+        "progress": False,
+    }
+    return build_pseudo_labels(captions, detections, lexicon, **(settings | overrides))
 
 
 def toy_detections(toy):
-    results, _ = AnnotationsBackend(toy.instances, toy.images).detect(
+    results, _ = AnnotationsBackend(toy.instances, toy.images, include_crowd=True).detect(
         image_records(toy.images, toy.root)
     )
     return detections_frame(results)
@@ -24,9 +38,7 @@ def stat(stats, name, key=""):
 
 
 def test_union_and_grids_against_hand_computed_values(toy):
-    pseudo, stats = build_pseudo_labels(
-        toy.captions, toy_detections(toy), Lexicon.from_package(), grid_size=4
-    )
+    pseudo, stats = build(toy.captions, toy_detections(toy), Lexicon.from_package(), grid_size=4)
     assert list(pseudo.columns[:6]) == [
         "caption_id",
         "image_id",
@@ -84,7 +96,7 @@ def test_agrees_with_per_caption_match_classes_and_shares_grids(toy):
             "tokens": [np.array(c[2].split(), dtype=object) for c in caps],  # as Parquet gives
         }
     )
-    pseudo, stats = build_pseudo_labels(toy2.captions, toy_detections(toy), Lexicon.from_package())
+    pseudo, stats = build(toy2.captions, toy_detections(toy), Lexicon.from_package())
     got = {
         cid: list(zip(g["token_position"], g["class_name"]))
         for cid, g in pseudo.groupby("caption_id")
@@ -132,21 +144,25 @@ TOP[:2, :] = 1
 
 def test_score_threshold_and_union_of_instances():
     table = dets([(1, "cat", 0.9, LEFT), (1, "cat", 0.6, TOP), (1, "dog", 0.3, TOP)])
-    pseudo, stats = build_pseudo_labels(
-        caps((1, "a cat and a dog")), table, Lexicon.from_package(), 0.5, grid_size=2
+    pseudo, stats = build(
+        caps((1, "a cat and a dog")),
+        table,
+        Lexicon.from_package(),
+        score_threshold=0.5,
+        grid_size=2,
     )
     assert pseudo["class_name"].tolist() == ["cat"]
     np.testing.assert_array_equal(unpack_grid(pseudo["grid"].iat[0], 2), [[1, 1], [1, 0]])
     assert stat(stats, "unmatched_mentions") == 1  # the dog scored below the threshold
-    pseudo, _ = build_pseudo_labels(
-        caps((1, "a cat")), table, Lexicon.from_package(), 0.7, grid_size=2
+    pseudo, _ = build(
+        caps((1, "a cat")), table, Lexicon.from_package(), score_threshold=0.7, grid_size=2
     )
     np.testing.assert_array_equal(unpack_grid(pseudo["grid"].iat[0], 2), [[1, 0], [1, 0]])
 
 
 def test_classes_never_detected_and_unprocessed_images_are_counted_apart():
     table = dets([(1, "cat", 0.9, LEFT), (2, None, 0, None)])
-    pseudo, stats = build_pseudo_labels(
+    pseudo, stats = build(
         caps((1, "an orange cat"), (2, "a cat"), (3, "a cat")),
         table,
         Lexicon.from_package(),
@@ -160,7 +176,7 @@ def test_classes_never_detected_and_unprocessed_images_are_counted_apart():
 
 def test_empty_union_mask_is_counted_not_labelled():
     table = dets([(1, "cat", 0.9, np.zeros((4, 4), np.uint8))])
-    pseudo, stats = build_pseudo_labels(caps((1, "a cat")), table, Lexicon.from_package())
+    pseudo, stats = build(caps((1, "a cat")), table, Lexicon.from_package())
     assert pseudo.empty and list(pseudo.columns[:6]) == [
         "caption_id",
         "image_id",
@@ -176,30 +192,38 @@ def test_bad_inputs_raise_clear_errors():
     lex = Lexicon.from_package()
     good = dets([(1, "cat", 0.9, LEFT)])
     with pytest.raises(MatchingInputError, match=r"captions table lacks column\(s\) \['tokens'\]"):
-        build_pseudo_labels(caps((1, "a cat")).drop(columns="tokens"), good, lex)
+        build(caps((1, "a cat")).drop(columns="tokens"), good, lex)
     with pytest.raises(MatchingInputError, match=r"detections table lacks .*'rle_counts'"):
-        build_pseudo_labels(caps((1, "a cat")), good.drop(columns="rle_counts"), lex)
+        build(caps((1, "a cat")), good.drop(columns="rle_counts"), lex)
     corrupt = good.copy()
     corrupt["rle_counts"] = "0 1"
     with pytest.raises(MatchingInputError, match="corrupt mask of class 'cat' in image 1"):
-        build_pseudo_labels(caps((1, "a cat")), corrupt, lex)
+        build(caps((1, "a cat")), corrupt, lex)
     wrong = good.copy()
     wrong["height"] = 5
     with pytest.raises(MatchingInputError, match="image 1"):
-        build_pseudo_labels(caps((1, "a cat")), wrong, lex)
+        build(caps((1, "a cat")), wrong, lex)
     odd = good.copy()
     odd["status"] = "maybe"
     with pytest.raises(MatchingInputError, match="unknown status"):
-        build_pseudo_labels(caps((1, "a cat")), odd, lex)
+        build(caps((1, "a cat")), odd, lex)
     nomask = good.copy()
     nomask["rle_counts"] = None
     with pytest.raises(MatchingInputError, match="image 1 has an 'ok' row without"):
-        build_pseudo_labels(caps((1, "a cat")), nomask, lex)
+        build(caps((1, "a cat")), nomask, lex)
     text = caps((1, "a cat"))
     text["tokens"] = ["a cat"]
     with pytest.raises(MatchingInputError, match="caption_id 0 has tokens of type str"):
-        build_pseudo_labels(text, good, lex)
+        build(text, good, lex)
     with pytest.raises(MatchingInputError, match="cell_threshold"):
-        build_pseudo_labels(caps((1, "a cat")), good, lex, cell_threshold=0)
+        build(caps((1, "a cat")), good, lex, cell_threshold=0)
     with pytest.raises(MatchingInputError, match="grid_size"):
-        build_pseudo_labels(caps((1, "a cat")), good, lex, grid_size=0)
+        build(caps((1, "a cat")), good, lex, grid_size=0)
+
+
+def test_settings_come_from_the_caller_not_from_code_defaults():
+    # The values live in conf/base/parameters_matching.yml only.
+    with pytest.raises(TypeError, match="score_threshold"):
+        build_pseudo_labels(
+            caps((1, "a cat")), dets([(1, "cat", 0.9, LEFT)]), Lexicon.from_package()
+        )

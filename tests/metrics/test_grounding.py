@@ -125,3 +125,53 @@ def test_summarize_empty():
     out = gr.summarize(empty)
     assert out["count"].tolist() == [0] * len(gr.WORD_METRICS)
     assert out["value"].isna().all()
+
+
+def test_grounding_words_combinations_and_pseudo_labels_past_the_caption():
+    # Image 1 (2x2 grid) has a circle in cell 0; caption 10 is its only reference.
+    circle = _grid([0])
+    generated = pd.DataFrame(
+        {
+            "image_id": [1],
+            "tokens": [["a", "circle"]],
+            "grid_size": [2],
+            "attention": [np.array([0.25] * 4 + [0.7, 0.1, 0.1, 0.1], np.float32)],  # [2 * 4]
+        }
+    )
+    references = pd.DataFrame(
+        {
+            "caption_id": [10],
+            "image_id": [1],
+            "tokens": [["circle", "here"]],
+            "grid_size": [2],
+            "attention": [np.array([0.4, 0.2, 0.2, 0.2] + [0.25] * 4, np.float32)],
+        }
+    )
+    # The second pseudo-label points past the two encoded words: it has no attention map.
+    pseudo_labels = pd.DataFrame(
+        {"caption_id": [10, 10], "image_id": [1, 1], "token_position": [0, 5],
+         "class_name": ["circle", "circle"], "grid_size": [2, 2], "grid": [circle, circle]}
+    )  # fmt: skip
+    grids = pd.DataFrame(
+        {"image_id": [1], "class_name": ["circle"], "grid_size": [2], "grid": [circle],
+         "masks": ["pseudo_labels"]}
+    )  # fmt: skip
+    words = gr.grounding_words(generated, references, pseudo_labels, grids, None, 0.5)
+    # No ground-truth grids: only the pseudo-label combinations.
+    assert [(c, m) for c, m, _ in words] == [
+        ("generated", "pseudo_labels"),
+        ("reference", "pseudo_labels"),
+    ]
+    gen, ref = words[0][2], words[1][2]
+    assert gen[["caption_key", "token_position"]].values.tolist() == [[1, 1]]
+    assert gen["attention_correctness"].tolist() == pytest.approx([0.7])
+    assert ref[["caption_key", "token_position"]].values.tolist() == [[10, 0]]
+    assert ref["attention_correctness"].tolist() == pytest.approx([0.4])
+    # With ground-truth grids, both caption sources are scored against them too.
+    both = pd.concat([grids, grids.assign(masks="ground_truth")], ignore_index=True)
+    words = gr.grounding_words(generated, references, pseudo_labels, both, None, 0.5)
+    assert [(c, m) for c, m, _ in words][2:] == [
+        ("generated", "ground_truth"),
+        ("reference", "ground_truth"),
+    ]
+    assert words[3][2]["attention_correctness"].tolist() == pytest.approx([0.4])

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from project_conf import section
 
-from ica_captioning.model import decoder as decoder_module
-from ica_captioning.model.decoder import EXP_RANGE, AttentionDecoder
+from ica_captioning.model import cpu_attention
+from ica_captioning.model.cpu_attention import EXP_RANGE
+from ica_captioning.model.decoder import AttentionDecoder
 
 V, D, H, A, L = 13, 12, 16, 8, 9
 
@@ -18,7 +20,9 @@ V, D, H, A, L = 13, 12, 16, 8, 9
 @pytest.fixture()
 def dec():
     torch.manual_seed(0)
-    return AttentionDecoder(V, D, embed_dim=6, hidden_dim=H, attention_dim=A, dropout=0.0).eval()
+    conf = section("train")["decoder"]
+    sizes = {"embed_dim": 6, "hidden_dim": H, "attention_dim": A, "dropout": 0.0}
+    return AttentionDecoder(vocab_size=V, feature_dim=D, **{**conf, **sizes}).eval()
 
 
 def reference_alpha(dec, features, h, k):
@@ -57,7 +61,7 @@ def test_all_paths_equal_the_tanh_formula(dec, k):
 
 def test_tiles_cover_every_image(dec, monkeypatch):
     # One image per tile, with a remainder tile: every row must still be scored.
-    monkeypatch.setattr(decoder_module, "ATTENTION_TILE_BYTES", 1)
+    monkeypatch.setattr(cpu_attention, "TILE_BYTES", 1)
     features, h = rows_for(5, 2)
     with torch.inference_mode():
         state = dec.init_state(features)

@@ -6,11 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from project_conf import model_params
 
-from ica_captioning.model import build_captioner
-from ica_captioning.model.data import build_caption_set, check_grid_size
+from ica_captioning.losses.training import combine, loss_terms
+from ica_captioning.model import build_captioner, preprocess_images
 from ica_captioning.model.features import build_feature_cache, cache_key
-from ica_captioning.model.loss import combine, loss_terms
+from ica_captioning.params.train import EncoderParams
+from ica_captioning.training.batches import build_caption_set, check_grid_size, epoch_batches
 
 
 def _tables():
@@ -111,7 +113,7 @@ def test_loss_composition_lambda_zero_is_exactly_baseline():
     ica_v = torch.zeros(b, t, dtype=torch.bool)
     ica_v[0, 1] = ica_v[1, 4] = ica_v[2, 0] = True
     ica_v[2, 4] = True  # padded step: must be ignored
-    base_terms = loss_terms(logits, alphas, targets, None, None, compute_ica=False)
+    base_terms = loss_terms(logits, alphas, targets, None, None, False, "scaled")
     base, parts = combine(base_terms, alpha_c=1.5, lambda_aux=0.0)
     # Independent reference for CE + α_c·DSR.
     mask = targets != 0
@@ -119,7 +121,7 @@ def test_loss_composition_lambda_zero_is_exactly_baseline():
     dsr_ref = ((1 - (alphas * mask[..., None]).sum(1)) ** 2).mean()
     torch.testing.assert_close(base, ce_ref + 1.5 * dsr_ref)
     # λ = 0 with the ICA term computed: bit-identical total.
-    with_ica = loss_terms(logits, alphas, targets, ica_t, ica_v, compute_ica=True)
+    with_ica = loss_terms(logits, alphas, targets, ica_t, ica_v, True, "scaled")
     zero, parts0 = combine(with_ica, alpha_c=1.5, lambda_aux=0.0)
     assert torch.equal(zero, base)
     assert with_ica.n_pairs == 3
@@ -129,7 +131,7 @@ def test_loss_composition_lambda_zero_is_exactly_baseline():
     torch.testing.assert_close(full.double(), base.double() + 0.1 * ica_ref, rtol=1e-5, atol=1e-6)
     # The ICA gradient reaches the attention maps.
     alphas.requires_grad_(True)
-    t2 = loss_terms(logits, alphas, targets, ica_t, ica_v, compute_ica=True)
+    t2 = loss_terms(logits, alphas, targets, ica_t, ica_v, True, "scaled")
     combine(t2, 1.0, 0.1)[0].backward()
     assert alphas.grad is not None and alphas.grad[0, 1].abs().sum() > 0
 
@@ -142,70 +144,67 @@ def test_feature_cache_reuse_and_invalidation(tmp_path):
         Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(
             tmp_path / f"{i}.png"
         )
-    enc_cfg = {"backbone": "resnet18", "layer": "layer1", "grid_size": 2, "image_size": 32}
-    model = build_captioner({"encoder": enc_cfg}, 5)
+    params = model_params(encoder={"layer": "layer1", "grid_size": 2, "image_size": 32})
+    enc_cfg = params.encoder
+    model = build_captioner(params, 5)
+    kw = {"dtype": "float32", "batch_size": 64, "device": "cpu"}
     calls = []
     orig = model.encoder.forward
     model.encoder.forward = lambda x: (calls.append(len(x)), orig(x))[1]
     paths = ["0.png", "1.png", "2.png"]
     src = build_feature_cache(
-        model.encoder, enc_cfg, [0, 1, 2], paths, tmp_path, tmp_path / "c", dtype="float32"
+        model.encoder, enc_cfg, [0, 1, 2], paths, tmp_path, tmp_path / "c", **kw
     )
     assert calls == [3]
     feats = src(torch.tensor([0, 2]))
-    from ica_captioning.model import preprocess_images
-
     with torch.no_grad():
-        ref = orig(preprocess_images(["0.png", "2.png"], enc_cfg, root=tmp_path))
+        ref = orig(preprocess_images(["0.png", "2.png"], 32, root=tmp_path))
     torch.testing.assert_close(feats, ref)
     # Same settings and images: read back, no encoding.
     src2 = build_feature_cache(
-        model.encoder, enc_cfg, [0, 1, 2], paths, tmp_path, tmp_path / "c", dtype="float32"
+        model.encoder, enc_cfg, [0, 1, 2], paths, tmp_path, tmp_path / "c", **kw
     )
     assert calls == [3] and src2.path == src.path
     # Changed encoder settings or image list: new key, re-encoded.
     key = cache_key(enc_cfg, [0, 1, 2], paths, tmp_path, "float32")
+    changed = lambda **kv: EncoderParams.parse({**enc_cfg.to_dict(), **kv}, "e")  # noqa: E731
     for cfg, ids, ps in (
-        ({**enc_cfg, "layer": "layer2"}, [0, 1, 2], paths),
-        ({**enc_cfg, "grid_size": 3}, [0, 1, 2], paths),
-        ({**enc_cfg, "init_seed": 1}, [0, 1, 2], paths),
+        (changed(layer="layer2"), [0, 1, 2], paths),
+        (changed(grid_size=3), [0, 1, 2], paths),
+        (changed(init_seed=1), [0, 1, 2], paths),
         (enc_cfg, [0, 1], paths[:2]),
         (enc_cfg, [0, 1, 5], paths),
     ):
         assert cache_key(cfg, ids, ps, tmp_path, "float32") != key
-    build_feature_cache(
-        model.encoder, enc_cfg, [0, 1], paths[:2], tmp_path, tmp_path / "c", dtype="float32"
-    )
+    build_feature_cache(model.encoder, enc_cfg, [0, 1], paths[:2], tmp_path, tmp_path / "c", **kw)
     assert calls == [3, 2]
     assert len(list((tmp_path / "c").glob("features-*.npy"))) == 2
     assert not list((tmp_path / "c").glob("*.tmp*"))
     # A different local weights file (size/mtime) also changes the key.
     wfile = tmp_path / "w.pth"
     torch.save({}, wfile)
-    k1 = cache_key({**enc_cfg, "weights": str(wfile)}, [0], ["0.png"], tmp_path, "float32")
+    k1 = cache_key(changed(weights=str(wfile)), [0], ["0.png"], tmp_path, "float32")
     torch.save({"x": torch.zeros(3)}, wfile)
-    k2 = cache_key({**enc_cfg, "weights": str(wfile)}, [0], ["0.png"], tmp_path, "float32")
+    k2 = cache_key(changed(weights=str(wfile)), [0], ["0.png"], tmp_path, "float32")
     assert k1 != k2
 
 
 def test_epoch_batches_cover_every_caption_once_and_bucket_by_length():
-    from ica_captioning.model.trainer import _epoch_batches
-
     lengths = np.random.default_rng(1).integers(3, 30, size=203)
-    plain = _epoch_batches(lengths, 8, 1, 0, seed=0, epoch=1)
-    bucketed = _epoch_batches(lengths, 8, 1, 0, seed=0, epoch=1, bucket_batches=5)
+    plain = epoch_batches(lengths, 8, 1, 0, seed=0, epoch=1, bucket_batches=0)
+    bucketed = epoch_batches(lengths, 8, 1, 0, seed=0, epoch=1, bucket_batches=5)
     for batches in (plain, bucketed):
         assert sorted(np.concatenate(batches).tolist()) == list(range(203))
     spread = lambda bs: np.mean([np.ptp(lengths[b]) for b in bs])  # noqa: E731
     assert spread(bucketed) < 0.5 * spread(plain)
     # Same seed and epoch → same batches; another epoch → another order.
-    again = _epoch_batches(lengths, 8, 1, 0, seed=0, epoch=1, bucket_batches=5)
+    again = epoch_batches(lengths, 8, 1, 0, seed=0, epoch=1, bucket_batches=5)
     assert all(np.array_equal(a, b) for a, b in zip(bucketed, again))
-    other = _epoch_batches(lengths, 8, 1, 0, seed=0, epoch=2, bucket_batches=5)
+    other = epoch_batches(lengths, 8, 1, 0, seed=0, epoch=2, bucket_batches=5)
     assert not all(np.array_equal(a, b) for a, b in zip(bucketed, other))
     # Two ranks split every global batch of the one-process schedule with batch 16.
-    r0 = _epoch_batches(lengths, 8, 2, 0, seed=0, epoch=1, bucket_batches=5)
-    r1 = _epoch_batches(lengths, 8, 2, 1, seed=0, epoch=1, bucket_batches=5)
-    single = _epoch_batches(lengths, 16, 1, 0, seed=0, epoch=1, bucket_batches=5)
+    r0 = epoch_batches(lengths, 8, 2, 0, seed=0, epoch=1, bucket_batches=5)
+    r1 = epoch_batches(lengths, 8, 2, 1, seed=0, epoch=1, bucket_batches=5)
+    single = epoch_batches(lengths, 16, 1, 0, seed=0, epoch=1, bucket_batches=5)
     for a, b, s in zip(r0, r1, single):
         assert np.array_equal(np.concatenate([a, b]), s)

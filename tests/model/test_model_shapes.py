@@ -7,22 +7,18 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
+from project_conf import encoder_kwargs, model_params
 
-from ica_captioning.model import (
-    build_captioner,
-    greedy_decode,
-    load_captioner,
-    make_bundle,
-    preprocess_images,
-)
+from ica_captioning.decoding.greedy import greedy_decode
+from ica_captioning.losses.training import combine, loss_terms
+from ica_captioning.model import build_captioner, load_captioner, make_bundle, preprocess_images
 from ica_captioning.model.encoder import Encoder
-from ica_captioning.model.loss import combine, loss_terms
 
 V = 11
-CFG = {
-    "encoder": {"backbone": "resnet18", "layer": "layer1", "grid_size": 4, "image_size": 32},
-    "decoder": {"embed_dim": 8, "hidden_dim": 16, "attention_dim": 8, "dropout": 0.0},
-}
+CFG = model_params(
+    encoder={"backbone": "resnet18", "layer": "layer1", "grid_size": 4, "image_size": 32},
+    decoder={"embed_dim": 8, "hidden_dim": 16, "attention_dim": 8, "dropout": 0.0},
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +29,7 @@ def model():
 
 def test_encoder_shapes_follow_layer_and_grid():
     x = torch.randn(2, 3, 64, 64)
-    enc = Encoder(backbone="resnet18", layer="layer2", grid_size=3)
+    enc = Encoder(**encoder_kwargs(backbone="resnet18", layer="layer2", grid_size=3))
     out = enc(x)
     assert out.shape == (2, 9, 128)  # layer2 of ResNet-18 has 128 channels
     # Reference: trunk output pooled by hand (mean over each 8x8 -> 3x3 adaptive window).
@@ -41,11 +37,13 @@ def test_encoder_shapes_follow_layer_and_grid():
         trunk = enc.blocks[1](enc.blocks[0](enc.stem(x)))  # [2, 128, 8, 8]
         ref = torch.nn.functional.adaptive_avg_pool2d(trunk, 3).flatten(2).transpose(1, 2)
     torch.testing.assert_close(out, ref)
-    assert Encoder(backbone="resnet50", layer="layer1", grid_size=2).out_dim == 256
+    assert (
+        Encoder(**encoder_kwargs(backbone="resnet50", layer="layer1", grid_size=2)).out_dim == 256
+    )
     with pytest.raises(ValueError, match="layer"):
-        Encoder(layer="layer9")
+        Encoder(**encoder_kwargs(layer="layer9"))
     with pytest.raises(ValueError, match="backbone"):
-        Encoder(backbone="not_a_model")
+        Encoder(**encoder_kwargs(backbone="not_a_model"))
 
 
 def test_decoder_forward_shapes_and_step_api(model):
@@ -82,8 +80,8 @@ def test_padded_steps_are_masked(model):
     logits2, alphas2 = model(inputs=ids2[:, :-1], features=feats)
     torch.testing.assert_close(logits2[0, :4], logits[0])
     torch.testing.assert_close(logits2[1, :2], logits[1, :2])
-    t1 = loss_terms(logits, alphas, ids[:, 1:], None, None, False)
-    t2 = loss_terms(logits2, alphas2, targets2, None, None, False)
+    t1 = loss_terms(logits, alphas, ids[:, 1:], None, None, False, "log")
+    t2 = loss_terms(logits2, alphas2, targets2, None, None, False, "log")
     l1, _ = combine(t1, 1.0, 0.0)
     l2, _ = combine(t2, 1.0, 0.0)
     torch.testing.assert_close(l1, l2)
@@ -121,44 +119,48 @@ def test_weights_from_local_file(tmp_path):
     full = torchvision.models.resnet18(weights=None)
     path = tmp_path / "r18.pth"
     torch.save(full.state_dict(), path)
-    enc = Encoder(backbone="resnet18", weights=str(path), layer="layer2", grid_size=2)
+    enc = Encoder(**encoder_kwargs(weights=str(path), layer="layer2", grid_size=2))
     torch.testing.assert_close(enc.blocks[1][0].conv1.weight, full.layer2[0].conv1.weight)
     torch.testing.assert_close(enc.stem[0].weight, full.conv1.weight)
     # A random-init encoder differs, so the file really was loaded.
-    other = Encoder(backbone="resnet18", weights="none", layer="layer2", grid_size=2)
+    other = Encoder(
+        **encoder_kwargs(backbone="resnet18", weights="none", layer="layer2", grid_size=2)
+    )
     assert not torch.equal(other.stem[0].weight, full.conv1.weight)
     with pytest.raises(ValueError, match="lacks"):
         torch.save({"conv1.weight": full.conv1.weight}, tmp_path / "bad.pth")
-        Encoder(backbone="resnet18", weights=str(tmp_path / "bad.pth"))
+        Encoder(**encoder_kwargs(weights=str(tmp_path / "bad.pth")))
     with pytest.raises(FileNotFoundError):
-        Encoder(backbone="resnet18", weights=str(tmp_path / "missing.pth"))
+        Encoder(**encoder_kwargs(weights=str(tmp_path / "missing.pth")))
     with pytest.raises(ValueError, match="unknown weights"):
-        Encoder(backbone="resnet18", weights="NOT_AN_ENUM")
+        Encoder(**encoder_kwargs(backbone="resnet18", weights="NOT_AN_ENUM"))
 
 
 def test_fine_tuning_switch():
-    enc = Encoder(layer="layer3", fine_tune_blocks=1)
+    enc = Encoder(**encoder_kwargs(layer="layer3", fine_tune_blocks=1))
     trainable = {
         n.split(".")[0] + "." + n.split(".")[1]
         for n, p in enc.named_parameters()
         if p.requires_grad
     }
     assert trainable == {"blocks.2"}
-    assert not any(p.requires_grad for p in Encoder(fine_tune_blocks=0).parameters())
+    assert not any(
+        p.requires_grad for p in Encoder(**encoder_kwargs(fine_tune_blocks=0)).parameters()
+    )
     enc.train()
     assert not enc.stem[1].training  # BatchNorm stays frozen
 
 
 def test_bundle_round_trip_and_preprocessing(model, tmp_path):
     vocab = {"itos": [f"w{i}" for i in range(V)], "min_freq": 1, "max_len": 5}
-    bundle = make_bundle(model, {**CFG, "lambda_aux": 0.1}, vocab)
+    bundle = make_bundle(model, {**CFG.to_dict(), "lambda_aux": 0.1}, vocab)
     assert set(bundle) == {"state_dict", "config", "vocabulary"}
     loaded = load_captioner(bundle)
     assert loaded.vocabulary == vocab
     pix = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
     Image.fromarray(pix).save(tmp_path / "x.png")
-    x_path = preprocess_images(["x.png"], bundle["config"], root=tmp_path)
-    x_pil = preprocess_images([Image.fromarray(pix)], bundle["config"])
+    x_path = preprocess_images(["x.png"], model.image_size, root=tmp_path)
+    x_pil = preprocess_images([Image.fromarray(pix)], model.image_size)
     assert x_path.shape == (1, 3, 32, 32)
     torch.testing.assert_close(x_path, x_pil)
     # Reference normalisation by hand.
@@ -170,6 +172,6 @@ def test_bundle_round_trip_and_preprocessing(model, tmp_path):
         loaded(images=x_path, inputs=inputs), model(images=x_path, inputs=inputs)
     )
     with pytest.raises(ValueError, match="lacks"):
-        load_captioner({"state_dict": {}, "config": CFG})
+        load_captioner({"state_dict": {}, "config": CFG.to_dict()})
     with pytest.raises(OSError, match="cannot read image"):
-        preprocess_images(["nope.png"], CFG, root=tmp_path)
+        preprocess_images(["nope.png"], 32, root=tmp_path)

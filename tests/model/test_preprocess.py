@@ -14,8 +14,7 @@ def test_transparent_pixels_load_as_ingestion_converts_them(tmp_path):
     expected = np.full((32, 32, 3), 255, dtype=np.uint8)
     expected[8:24, 8:24] = (0, 0, 255)
     Image.fromarray(expected).save(tmp_path / "b.png")
-    config = {"encoder": {"image_size": 32}}
-    got = preprocess_images(["a.png", "b.png"], config, root=tmp_path)
+    got = preprocess_images(["a.png", "b.png"], 32, root=tmp_path)
     assert got.shape == (2, 3, 32, 32)
     torch.testing.assert_close(got[0], got[1])
 
@@ -25,5 +24,5 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
     Image.fromarray(values).save(tmp_path / "g16.png")
     eight = np.rint(values / 257.0).astype(np.uint8)
     Image.fromarray(eight, mode="L").save(tmp_path / "g8.png")
-    got = preprocess_images(["g16.png", "g8.png"], {"encoder": {"image_size": 32}}, root=tmp_path)
+    got = preprocess_images(["g16.png", "g8.png"], 32, root=tmp_path)
     torch.testing.assert_close(got[0], got[1])

@@ -9,8 +9,9 @@ import pytest
 import torch
 from tiny_data import make_tiny_dataset, tiny_config
 
-from ica_captioning.model import NonFiniteLossError, load_captioner, train_captioner
-from ica_captioning.model import trainer as trainer_mod
+from ica_captioning.model import build_captioner, load_captioner
+from ica_captioning.training import NonFiniteLossError, train_captioner
+from ica_captioning.training import loop as loop_mod
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_resume_after_kill_gives_identical_weights(data, tmp_path):
     ckpts = list((tmp_path / "b" / "ckpt").glob("*/last.pt"))
     assert len(ckpts) == 1
     seen = []
-    resumed, hist_res = _train({**cfg_b, "resume": True}, data, on_epoch_end=seen.append)
+    resumed, hist_res = _train(cfg_b.replace(resume=True), data, on_epoch_end=seen.append)
     assert seen == [2, 3]  # really resumed: epoch 1 was not trained again
     _assert_same_weights(full["state_dict"], resumed["state_dict"])
     cols = ["epoch", "train_loss", "train_ce", "train_ica", "val_bleu4", "val_attention_mass"]
@@ -93,7 +94,7 @@ def test_history_and_bundle(data, tmp_path):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path, epochs=3)
-    real = trainer_mod.loss_terms
+    real = loop_mod.loss_terms
     calls = {"n": 0}
     steps_per_epoch = math.ceil(len(data["encoded_captions"].query("split == 'train'")) / 4)
 
@@ -106,7 +107,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypat
             terms.ce_sum = terms.ce_sum * float("nan")
         return terms
 
-    monkeypatch.setattr(trainer_mod, "loss_terms", poisoned)
+    monkeypatch.setattr(loop_mod, "loss_terms", poisoned)
     snapshots = {}
 
     def remember(epoch):
@@ -132,8 +133,6 @@ def test_fine_tuning_path_without_cache(data, tmp_path):
     bundle, hist = _train(cfg, data)
     assert not (tmp_path / "cache").exists()  # a trained encoder is never cached
     before = tiny_config(tmp_path, epochs=1)
-    from ica_captioning.model import build_captioner
-
     init = build_captioner(before, len(data["vocabulary"]["itos"])).state_dict()
     key = "encoder.blocks.0.1.conv2.weight"  # upper block of layer1: fine-tuned
     assert not torch.equal(bundle["state_dict"][key], init[key])
@@ -152,7 +151,7 @@ def test_ddp_two_processes_equal_single_process_on_combined_batch(data, tmp_path
     assert n_train == 8  # exactly one global batch: one optimiser step
     single, _ = _train(single_cfg, data)
     ddp, hist = _train(ddp_cfg, data)
-    init = trainer_mod.build_captioner(single_cfg, len(data["vocabulary"]["itos"]))
+    init = build_captioner(single_cfg, len(data["vocabulary"]["itos"]))
     changed = 0
     for k, v in single["state_dict"].items():
         # Adam turns round-off in near-zero gradients into up to ±lr steps; 1e-5 is 0.1 % of the

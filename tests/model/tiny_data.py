@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+from project_conf import section
+
+from ica_captioning.params import TrainParams, deep_merge
 
 ITOS = ["<pad>", "<start>", "<end>", "<unk>", "a", "red", "green", "blue", "square", "block", "big"]
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
@@ -109,10 +112,8 @@ def make_tiny_dataset(
     }
 
 
-def tiny_config(tmp_path: Path, **overrides) -> dict:
-    """Resolved tiny train config with checkpoint and cache folders under ``tmp_path``."""
-    from ica_captioning.model.trainer import deep_merge, resolve_config
-
+def tiny_config(tmp_path: Path, **overrides) -> TrainParams:
+    """conf/base's train settings made tiny, checkpoints and cache under ``tmp_path``."""
     base = deep_merge(
         TINY_CONFIG,
         {
@@ -120,4 +121,4 @@ def tiny_config(tmp_path: Path, **overrides) -> dict:
             "feature_cache": {"enabled": True, "dir": str(tmp_path / "cache"), "dtype": "float32"},
         },
     )
-    return resolve_config(deep_merge(base, overrides))
+    return TrainParams.resolve(section("train"), deep_merge(base, overrides))

@@ -8,13 +8,18 @@ from matplotlib.figure import Figure
 from ica_captioning.reports import (
     DIFFERENCE_LABEL,
     TABLE1_METRICS,
+    VARIANT_LABELS,
     attention_figure,
+    attention_figures,
     comparison_table,
+    figure_sample,
     table1,
     training_curves_figure,
     upsample_attention,
     with_keys,
 )
+from ica_captioning.reports.figures import load_image
+from ica_captioning.variants import BASELINE, ICA, LABELS
 
 
 def _caption_rows(variant, values, dataset="flickr8k"):
@@ -129,3 +134,44 @@ def test_training_curves_one_panel_per_numeric_column():
     assert titles == ["train_ce", "val_bleu4"]
     empty = training_curves_figure({"SAT": pd.DataFrame()})
     assert any(t.get_text() == "no training history" for ax in empty.axes for t in ax.texts)
+
+
+def test_variant_labels_are_the_variants_labels():
+    assert VARIANT_LABELS == LABELS == {BASELINE: "Show-Attend-Tell", ICA: "+ICA Loss"}
+
+
+def test_figure_sample_is_seeded_sorted_and_capped():
+    ids = [7, 3, 11, 5, 2]
+    drawn = figure_sample(ids, 3, seed=0)
+    assert drawn == figure_sample(ids, 3, seed=0) and drawn == sorted(drawn)
+    assert len(drawn) == 3 and set(drawn) <= set(ids)
+    assert all(type(i) is int for i in drawn)
+    assert figure_sample(ids, 10, seed=1) == sorted(ids)
+    assert figure_sample(ids, 0, seed=0) == []
+
+
+def test_attention_figures_one_row_per_variant(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (16, 12), (200, 10, 10)).save(tmp_path / "a.png")
+    assert load_image(tmp_path / "a.png").shape == (12, 16, 3)
+    images = pd.DataFrame({"image_id": [4], "file_path": ["a.png"]})
+    maps = np.random.default_rng(0).dirichlet(np.ones(4), size=2).reshape(-1)  # 2 words, 2x2
+    generated = pd.DataFrame(
+        {"image_id": [4], "tokens": [["a", "star"]], "grid_size": [2], "attention": [maps]}
+    )
+    figures = attention_figures(
+        {BASELINE: generated, ICA: generated.assign(tokens=[["a", "ring"]])},
+        images,
+        tmp_path,
+        num_images=2,
+        max_words=4,
+        seed=0,
+        overlay_alpha=0.6,
+    )
+    assert list(figures) == ["image_4.png"]
+    axes = [ax for ax in figures["image_4.png"].axes if ax.get_visible()]
+    # Rows in the given order, each labelled with its variant's label (image panel title).
+    labels = [ax.get_title(loc="left").split("\n")[0] for ax in axes if ax.get_title(loc="left")]
+    assert labels == [LABELS[BASELINE], LABELS[ICA]]
+    assert [ax.get_title() for ax in axes if ax.get_title()] == ["a", "star", "a", "ring"]

@@ -73,6 +73,8 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     """
     with Image.open(path) as image:
         image.load()
+        # An RGB file comes back as the opened image itself, which closing the file would
+        # invalidate: copy it. Every other mode is converted into a new image already.
         return to_rgb(image).copy() if image.mode == "RGB" else to_rgb(image)
 
 
@@ -137,10 +139,10 @@ def validate_images(
     images: pd.DataFrame,
     images_dir: str | os.PathLike,
     *,
-    num_workers: int = 4,
-    max_bad_fraction: float = 0.05,
-    check_size: bool = True,
-    progress: bool = True,
+    num_workers: int,
+    max_bad_fraction: float,
+    check_size: bool,
+    progress: bool,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate every image of an ``images`` table.
 
@@ -151,7 +153,8 @@ def validate_images(
         images: ``images`` table from a reader (``width``/``height`` may be null).
         images_dir: folder that ``file_path`` is relative to.
         num_workers: decoding threads (0: one per CPU).
-        max_bad_fraction: ceiling of quarantined images; above it ``DataQualityError``.
+        max_bad_fraction: ceiling of quarantined images; above it ``DataQualityError``
+            (``ingestion.max_bad_fraction``).
         check_size: quarantine images whose size differs from the annotation's.
         progress: show a progress bar.
 
@@ -186,7 +189,7 @@ def validate_images(
     out["status"] = [r["status"] for r in results if r["ok"]]
     out = out.reset_index(drop=True)
     rows = [
-        quarantine_row("image", job[0], str(image_id), r["reason"], image_id)
+        quarantine_row("image", job[0], str(image_id), image_id, r["reason"])
         for job, image_id, r in zip(jobs, images["image_id"], results)
         if not r["ok"]
     ]

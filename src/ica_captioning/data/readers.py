@@ -75,7 +75,7 @@ class _Collector:
             self.bad_images += 1
         else:
             self.bad_captions += 1
-        self.rows.append(quarantine_row("annotation", self.file, record, reason, image_id))
+        self.rows.append(quarantine_row("annotation", self.file, record, image_id, reason))
 
 
 def _caption_tokens(raw: Any, tokens: Any) -> tuple[str, list[str]] | str:
@@ -97,14 +97,15 @@ def _caption_tokens(raw: Any, tokens: Any) -> tuple[str, list[str]] | str:
 
 
 def read_karpathy(
-    path: str | os.PathLike, *, restval_split: str = "train", on_bad: str = "quarantine"
+    path: str | os.PathLike, *, restval_split: str, on_bad: str
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, int]]:
     """Read a Karpathy split JSON (``dataset_flickr8k.json``, ``dataset_coco.json``, ...).
 
     Args:
         path: the JSON file.
-        restval_split: split that ``restval`` images go to (``train`` by default).
-        on_bad: ``quarantine`` (bad records become quarantine rows) or ``raise``.
+        restval_split: split that ``restval`` images go to (``ingestion.restval_split``).
+        on_bad: ``quarantine`` (bad records become quarantine rows) or ``raise``
+            (``ingestion.on_bad_annotation``).
 
     Returns:
         ``(images, captions, quarantine, counts)``; ``images.file_path`` is
@@ -290,16 +291,17 @@ def coco_annotation_files(annotations: Any) -> dict[str, list[Path]]:
 def read_coco_captions(
     files: Mapping[str, Sequence[str | os.PathLike]],
     *,
-    image_subdirs: Mapping[str, str] | None = None,
-    on_bad: str = "quarantine",
+    image_subdirs: Mapping[str, str] | None,
+    on_bad: str,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, int]]:
     """Read COCO captions files (``captions_train2014.json`` ...).
 
     Args:
         files: ``{split: [paths]}`` (see ``coco_annotation_files``).
         image_subdirs: ``{split: folder}`` under ``dataset.images_dir`` holding the split's
-            images (``file_name`` is relative to it; ``""`` or missing: ``images_dir`` itself).
-        on_bad: ``quarantine`` or ``raise``.
+            images (``file_name`` is relative to it; ``""``, missing or ``None``: ``images_dir``
+            itself); ``ingestion.coco_image_subdirs``.
+        on_bad: ``quarantine`` or ``raise`` (``ingestion.on_bad_annotation``).
 
     Returns:
         ``(images, captions, quarantine, counts)`` as ``read_karpathy``; ``width``/``height``

@@ -2,7 +2,8 @@
 
 Tokens follow the Karpathy split files (``sentences[].tokens``): lower-case, punctuation deleted
 (not replaced by a space: ``"man's" -> "mans"``, as the Karpathy/neuraltalk preprocessing did),
-split on white space. Non-ASCII letters survive (``"Café" -> "café"``).
+split on white space. Non-ASCII letters survive (``"Café" -> "café"``). The special tokens and
+their ids are those of :mod:`ica_captioning.tokens`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
-SPECIALS: tuple[str, ...] = (PAD, START, END, UNK)
-PAD_ID, START_ID, END_ID, UNK_ID = 0, 1, 2, 3
+from ica_captioning.tokens import (
+    END_ID,
+    END_WORD,
+    PAD_WORD,
+    SPECIAL_WORDS,
+    START_ID,
+    START_WORD,
+    UNK_ID,
+)
 
 _ASCII_PUNCT = set(string.punctuation)
 _ASCII_DELETE = str.maketrans("", "", string.punctuation)
@@ -47,24 +54,42 @@ def tokenize(raw: str) -> list[str]:
     return "".join(ch for ch in text if not _is_punctuation(ch)).split()
 
 
+def as_tokens(tokens: Iterable[str] | np.ndarray) -> list[str]:
+    """A caption's tokens as a plain list of words.
+
+    Token lists read back from Parquet are numpy arrays, those built in Python are lists; the
+    lexicon and the metrics index and slice them as lists.
+
+    Args:
+        tokens: the words (list, tuple or 1-D array of strings).
+
+    Returns:
+        A new list of the words, in order.
+    """
+    return list(tokens.tolist() if isinstance(tokens, np.ndarray) else tokens)
+
+
 @dataclass
 class Vocabulary:
-    """Word <-> id mapping; ids 0..3 are ``<pad> <start> <end> <unk>``.
+    """Word <-> id mapping; ids 0..3 are the special tokens of :mod:`ica_captioning.tokens`.
 
     Attributes:
         itos: id -> word.
         min_freq: minimum train-split count for a word to get its own id.
-        max_len: maximum number of words kept when encoding a caption.
+        max_len: maximum number of words kept when encoding a caption
+            (``ingestion.max_caption_len``).
     """
 
     itos: list[str]
-    min_freq: int = 1
-    max_len: int = 20
+    min_freq: int
+    max_len: int
     stoi: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if tuple(self.itos[: len(SPECIALS)]) != SPECIALS:
-            raise ValueError(f"vocabulary must start with {SPECIALS}, got {self.itos[:4]}")
+        if tuple(self.itos[: len(SPECIAL_WORDS)]) != SPECIAL_WORDS:
+            raise ValueError(
+                f"vocabulary must start with {SPECIAL_WORDS}, got {self.itos[: len(SPECIAL_WORDS)]}"
+            )
         if len(set(self.itos)) != len(self.itos):
             raise ValueError("vocabulary has duplicate words")
         self.stoi = {w: i for i, w in enumerate(self.itos)}
@@ -83,9 +108,9 @@ class Vocabulary:
         for i in ids:
             word = self.itos[int(i)]
             if strip_specials:
-                if word == END:
+                if word == END_WORD:
                     break
-                if word in (PAD, START):
+                if word in (PAD_WORD, START_WORD):
                     continue
             words.append(word)
         return words
@@ -105,14 +130,15 @@ class Vocabulary:
 
 
 def build_vocabulary(
-    token_lists: Iterable[Sequence[str]], min_freq: int = 5, max_len: int = 20
+    token_lists: Iterable[Sequence[str]], *, min_freq: int, max_len: int
 ) -> Vocabulary:
     """Vocabulary of the words seen at least ``min_freq`` times.
 
     Args:
         token_lists: tokens of the (train) captions.
-        min_freq: minimum count for a word to be kept; rarer words encode as ``<unk>``.
-        max_len: maximum caption length in words for encoding.
+        min_freq: minimum count for a word to be kept; rarer words encode as ``<unk>``
+            (``ingestion.min_word_freq``).
+        max_len: maximum caption length in words for encoding (``ingestion.max_caption_len``).
 
     Returns:
         The vocabulary; words after the specials sorted by decreasing count, then alphabetically
@@ -123,10 +149,11 @@ def build_vocabulary(
     if max_len < 1:
         raise ValueError(f"max_caption_len must be >= 1, got {max_len}")
     counts = Counter(t for tokens in token_lists for t in tokens)
-    for special in SPECIALS:
+    # A caption that literally contains "<unk>" must not give the word a second id.
+    for special in SPECIAL_WORDS:
         counts.pop(special, None)
     words = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
-    return Vocabulary([*SPECIALS, *words], min_freq, max_len)
+    return Vocabulary([*SPECIAL_WORDS, *words], min_freq, max_len)
 
 
 def encode_captions(captions: pd.DataFrame, vocabulary: Vocabulary) -> pd.DataFrame:

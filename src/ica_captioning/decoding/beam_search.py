@@ -35,6 +35,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from ica_captioning.tokens import PAD_ID
+
 
 class StepDecoder(Protocol):
     """The part of the captioner's decoder beam search needs (see ``docs/contracts.md``)."""
@@ -89,7 +91,7 @@ def beam_search_features(
     max_len: int,
     start_id: int,
     end_id: int,
-    pad_id: int = 0,
+    pad_id: int = PAD_ID,
     banned_ids: Iterable[int] = (),
     length_penalty: float = 0.0,
 ) -> BeamSearchOutput:
@@ -294,7 +296,7 @@ def beam_search(
     max_len: int,
     start_id: int,
     end_id: int,
-    pad_id: int = 0,
+    pad_id: int = PAD_ID,
     banned_ids: Sequence[int] = (),
     length_penalty: float = 0.0,
     batch_size: int = 64,
@@ -343,7 +345,7 @@ def beam_search(
     return concat_outputs(parts, pad_id=pad_id)
 
 
-def concat_outputs(parts: Sequence[BeamSearchOutput], pad_id: int = 0) -> BeamSearchOutput:
+def concat_outputs(parts: Sequence[BeamSearchOutput], pad_id: int = PAD_ID) -> BeamSearchOutput:
     """Concatenate chunk outputs along the batch, padding to the longest caption."""
     if not parts:
         raise ValueError("no beam-search outputs to concatenate")

@@ -17,12 +17,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ica_captioning.data.tables import require_columns
 from ica_captioning.decoding.beam_search import beam_search_features
 from ica_captioning.decoding.teacher_forcing import teacher_forced_alphas
+from ica_captioning.model.images import preprocess_images
+from ica_captioning.tokens import END_ID, PAD_ID, START_ID, UNK_ID
 
 logger = logging.getLogger(__name__)
 
-PAD, START, END, UNK = 0, 1, 2, 3
 GENERATED_COLUMNS = [
     "image_id",
     "tokens",
@@ -35,16 +37,10 @@ GENERATED_COLUMNS = [
 REFERENCE_COLUMNS = ["caption_id", "image_id", "tokens", "grid_size", "attention"]
 
 
-def _require(frame: pd.DataFrame, name: str, columns: Sequence[str]) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{name} table lacks column(s) {missing}; it has {list(frame.columns)}")
-
-
 def _pad_ids(ids: Sequence[Sequence[int]]) -> torch.Tensor:
     """List of id lists -> ``[N, S]`` long padded with ``<pad>``."""
     width = max((len(x) for x in ids), default=0)
-    out = torch.full((len(ids), max(width, 2)), PAD, dtype=torch.long)
+    out = torch.full((len(ids), max(width, 2)), PAD_ID, dtype=torch.long)
     for i, row in enumerate(ids):
         out[i, : len(row)] = torch.as_tensor(np.asarray(row, dtype=np.int64))
     return out
@@ -57,12 +53,12 @@ def decode_split(
     references: pd.DataFrame | None,
     images_dir: str | os.PathLike,
     *,
-    beam_size: int = 3,
-    max_len: int = 20,
-    length_penalty: float = 0.0,
-    allow_unk: bool = False,
-    batch_size: int = 50,
-    progress: bool = False,
+    beam_size: int,
+    max_len: int,
+    length_penalty: float,
+    allow_unk: bool,
+    batch_size: int,
+    progress: bool,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Generate captions for ``images`` and teacher-force their ``references``.
 
@@ -86,17 +82,16 @@ def decode_split(
         has :data:`REFERENCE_COLUMNS` (``attention`` = ``[len(tokens) * L]``; ``tokens`` cut to
         the encoded length).
     """
-    from ica_captioning.model import preprocess_images
-
-    _require(images, "images", ["image_id", "file_path"])
+    require_columns(images, "images", ["image_id", "file_path"])
     itos = list(model.vocabulary["itos"])
-    banned = [PAD, START] + ([] if allow_unk else [UNK])
+    # <pad> and <start> are never words; <unk> is one only when the evaluation allows it.
+    banned = [PAD_ID, START_ID] + ([] if allow_unk else [UNK_ID])
     device = next(model.parameters()).device
     model.eval()
 
     refs_by_image: dict[int, pd.DataFrame] = {}
     if references is not None:
-        _require(references, "references", ["caption_id", "image_id", "tokens", "ids"])
+        require_columns(references, "references", ["caption_id", "image_id", "tokens", "ids"])
         refs_by_image = {int(k): g for k, g in references.groupby("image_id", sort=False)}
 
     gen_rows: list[dict[str, Any]] = []
@@ -106,7 +101,7 @@ def decode_split(
     bar = tqdm(total=len(paths), unit="img", desc="decoding", disable=not progress)
     for lo in range(0, len(paths), batch_size):
         chunk_ids = image_ids[lo : lo + batch_size]
-        pixels = preprocess_images(paths[lo : lo + batch_size], model.config, root=images_dir)
+        pixels = preprocess_images(paths[lo : lo + batch_size], model.image_size, root=images_dir)
         features = model.encode(pixels.to(device))  # [b, L, D]
         num_cells = features.shape[1]
         grid = int(round(num_cells**0.5))
@@ -115,9 +110,9 @@ def decode_split(
             features,
             beam_size=beam_size,
             max_len=max_len,
-            start_id=START,
-            end_id=END,
-            pad_id=PAD,
+            start_id=START_ID,
+            end_id=END_ID,
+            pad_id=PAD_ID,
             banned_ids=banned,
             length_penalty=length_penalty,
         )

@@ -6,16 +6,17 @@ import torch
 from torch import Tensor
 
 from ica_captioning.decoding.beam_search import StepDecoder
+from ica_captioning.tokens import PAD_ID
 
 
 @torch.inference_mode()
 def teacher_forced_alphas(
-    decoder: StepDecoder, features: Tensor, ids: Tensor, pad_id: int = 0
+    decoder: StepDecoder, features: Tensor, ids: Tensor, pad_id: int = PAD_ID
 ) -> Tensor:
     """Attention of every word of given captions.
 
     Step ``i`` is fed ``ids[:, i]`` (``<start>`` at ``i = 0``) and predicts word ``i``, so its
-    attention map belongs to token position ``i`` (``docs/contracts.md`` alignment).
+    attention map belongs to token position ``i`` (docs/design.md, "Token alignment").
 
     Captions are decoded longest first and step ``t`` runs only on the captions that still have
     a token to predict — a prefix of the sorted batch, so features and state are sliced as views,

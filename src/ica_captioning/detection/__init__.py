@@ -5,14 +5,12 @@ Importing this package does not import torch models or detectron2; backends load
 
 from ica_captioning.detection.base import (
     DETECTION_COLUMNS,
-    QUARANTINE_COLUMNS,
     DetectionConfigError,
     DetectorBackend,
     ImageDetections,
     ImageRecord,
     detections_frame,
     image_records,
-    quarantine_frame,
     validate_images_table,
 )
 from ica_captioning.detection.factory import BACKENDS, make_backend
@@ -29,7 +27,6 @@ from ica_captioning.detection.shards import merge_shards, run_dir, run_sharded
 __all__ = [
     "BACKENDS",
     "DETECTION_COLUMNS",
-    "QUARANTINE_COLUMNS",
     "DetectionConfigError",
     "DetectorBackend",
     "ImageDetections",
@@ -40,7 +37,6 @@ __all__ = [
     "image_records",
     "make_backend",
     "merge_shards",
-    "quarantine_frame",
     "rle_areas",
     "rle_boxes",
     "rle_string_to_counts",

@@ -16,16 +16,20 @@ import numpy as np
 import pandas as pd
 from pycocotools import mask as mask_utils
 
+from ica_captioning.data.tables import quarantine_row
 from ica_captioning.detection.base import (
     DetectionConfigError,
     DetectorBackend,
     ImageDetections,
     ImageRecord,
-    quarantine_row,
 )
 from ica_captioning.detection.rle import rle_string_to_counts
+from ica_captioning.params import DatasetParams, DetectionParams
 
 SOURCE = "annotation"
+#: Smallest batch: reading annotations costs little per image, so larger batches only save
+#: loop overhead (``detection.batch_size`` is sized for the model backends).
+MIN_BATCH_SIZE = 64
 
 
 def _as_path_list(paths: str | Path | Sequence[str | Path] | None) -> list[Path]:
@@ -80,8 +84,9 @@ class AnnotationsBackend(DetectorBackend):
         self,
         instances: str | Path | Sequence[str | Path],
         images: pd.DataFrame,
-        include_crowd: bool = True,
-        batch_size: int = 64,
+        *,
+        include_crowd: bool,
+        batch_size: int = MIN_BATCH_SIZE,
     ) -> None:
         self.paths = _as_path_list(instances)
         if not self.paths:
@@ -99,6 +104,24 @@ class AnnotationsBackend(DetectorBackend):
         self._preflight: list[dict[str, Any]] = []
         for path in self.paths:
             self._index_file(path, read_instances(path), sizes)
+
+    @classmethod
+    def from_params(
+        cls, detection: DetectionParams, dataset: DatasetParams, images: pd.DataFrame
+    ) -> AnnotationsBackend:
+        """The backend for ``dataset.instances`` with the settings of ``params:detection``.
+
+        Args:
+            detection: the parsed ``params:detection``.
+            dataset: the parsed ``params:dataset`` (``instances``).
+            images: the ``images`` table.
+        """
+        return cls(
+            dataset.instances,
+            images,
+            include_crowd=detection.include_crowd,
+            batch_size=max(MIN_BATCH_SIZE, detection.batch_size),
+        )
 
     # -- set-up -------------------------------------------------------------------------------
     def _index_file(

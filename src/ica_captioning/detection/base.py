@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ica_captioning.data.tables import require_columns
+
 #: Columns of the ``detections`` table (docs/contracts.md), in order.
 DETECTION_COLUMNS = [
     "image_id",
@@ -28,8 +30,6 @@ DETECTION_COLUMNS = [
     "width",
     "status",
 ]
-#: Columns of the ``quarantine`` table (docs/contracts.md), in order.
-QUARANTINE_COLUMNS = ["source", "file", "record", "image_id", "reason"]
 #: Columns the detection stage needs from the ``images`` table.
 IMAGE_COLUMNS = ["image_id", "file_path", "width", "height"]
 
@@ -91,28 +91,6 @@ class ImageDetections:
             raise ValueError(
                 f"image {self.image_id}: {n} class names but {len(self.rle_counts)} masks"
             )
-
-
-def quarantine_row(
-    source: str, file: str, record: str, image_id: int | None, reason: str
-) -> dict[str, Any]:
-    """One row of the ``quarantine`` table."""
-    return {
-        "source": source,
-        "file": str(file),
-        "record": str(record),
-        "image_id": None if image_id is None else int(image_id),
-        "reason": reason,
-    }
-
-
-def quarantine_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """Build a ``quarantine`` table with the contract's dtypes (also when empty)."""
-    frame = pd.DataFrame(list(rows), columns=QUARANTINE_COLUMNS)
-    frame["image_id"] = frame["image_id"].astype("Int64")
-    for col in ("source", "file", "record", "reason"):
-        frame[col] = frame[col].astype(object)
-    return frame
 
 
 def detections_frame(results: Sequence[ImageDetections]) -> pd.DataFrame:
@@ -186,8 +164,9 @@ class DetectorBackend(abc.ABC):
 
         Returns:
             ``(results, quarantine)``: one :class:`ImageDetections` per image that could be
-            processed, and one quarantine row (see :func:`quarantine_row`) per image that could
-            not (every record appears in exactly one of the two).
+            processed, and one quarantine row
+            (:func:`ica_captioning.data.tables.quarantine_row`) per image that could not (every
+            record appears in exactly one of the two).
         """
 
     def preflight_quarantine(self) -> list[dict[str, Any]]:
@@ -206,12 +185,7 @@ def validate_images_table(images: pd.DataFrame) -> pd.DataFrame:
         DetectionConfigError: a required column is missing, a size is missing or not positive,
             or image ids repeat.
     """
-    missing = [c for c in IMAGE_COLUMNS if c not in images.columns]
-    if missing:
-        raise DetectionConfigError(
-            f"images table lacks column(s) {missing}; it has {list(images.columns)} "
-            "(see docs/contracts.md, ingestion)"
-        )
+    require_columns(images, "images", IMAGE_COLUMNS, error=DetectionConfigError)
     for col in ("image_id", "width", "height"):
         bad = images.loc[images[col].isna(), "image_id"]
         if len(bad) or (col != "image_id" and (images[col].fillna(1) <= 0).any()):

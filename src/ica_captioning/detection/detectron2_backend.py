@@ -20,10 +20,9 @@ from ica_captioning.detection.base import (
     ImageDetections,
     ImageRecord,
 )
-from ica_captioning.detection.images import load_rgb
+from ica_captioning.detection.images import read_detection_image
 from ica_captioning.detection.rle import encode_masks
-
-DEFAULT_CONFIG = "COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x.yaml"
+from ica_captioning.params import DetectionParams
 
 
 class Detectron2Unavailable(ImportError):
@@ -70,8 +69,11 @@ class Detectron2Backend(DetectorBackend):
         score_threshold: ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``.
         max_detections: ``TEST.DETECTIONS_PER_IMAGE``.
         batch_size: images per forward pass.
-        categories: class names (index = predicted class); default: the COCO metadata of the
+        categories: class names (index = predicted class); ``None`` = the COCO metadata of the
             config's training set.
+
+    Every setting is required: the values live in conf/base/parameters_detection.yml
+    (:meth:`from_params` reads them from there).
     """
 
     name = "detectron2"
@@ -79,12 +81,13 @@ class Detectron2Backend(DetectorBackend):
     def __init__(
         self,
         weights: str | Path | None,
-        config: str = DEFAULT_CONFIG,
-        device: str = "cuda",
-        score_threshold: float = 0.5,
-        max_detections: int = 100,
-        batch_size: int = 4,
-        categories: Sequence[str] | None = None,
+        *,
+        config: str,
+        device: str,
+        score_threshold: float,
+        max_detections: int,
+        batch_size: int,
+        categories: Sequence[str] | None,
     ) -> None:
         d2 = import_detectron2()  # first, so a missing install fails before anything else
         import torch
@@ -139,6 +142,27 @@ class Detectron2Backend(DetectorBackend):
                 f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES} classes; set detection.detectron2.categories"
             )
 
+    @classmethod
+    def from_params(cls, detection: DetectionParams) -> Detectron2Backend:
+        """The backend ``params:detection`` describes (``detection.detectron2`` and shared keys).
+
+        Args:
+            detection: the parsed ``params:detection``.
+
+        Raises:
+            Detectron2Unavailable: detectron2 is not installed.
+        """
+        d2 = detection.detectron2
+        return cls(
+            detection.weights,
+            config=d2.config,
+            device=detection.device,
+            score_threshold=detection.score_threshold,
+            max_detections=detection.max_detections,
+            batch_size=detection.batch_size,
+            categories=d2.categories,
+        )
+
     def fingerprint(self) -> dict[str, Any]:
         """Config, weights, thresholds."""
         return {
@@ -159,7 +183,7 @@ class Detectron2Backend(DetectorBackend):
         kept: list[ImageRecord] = []
         inputs: list[dict[str, Any]] = []
         for rec in records:
-            pixels, bad = load_rgb(rec)
+            pixels, bad = read_detection_image(rec)
             if bad is not None:
                 quarantine.append(bad)
                 continue

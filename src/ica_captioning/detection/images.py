@@ -1,20 +1,27 @@
-"""Image decoding for the model backends; bad files become quarantine rows."""
+"""Reading an image for a model backend: its pixels, or the quarantine row saying why not."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
-from ica_captioning.data.images import to_rgb
-from ica_captioning.detection.base import ImageRecord, quarantine_row
+from ica_captioning.data.images import load_rgb
+from ica_captioning.data.tables import quarantine_row
+from ica_captioning.detection.base import ImageRecord
 
 SOURCE = "detection"
 
 
-def load_rgb(record: ImageRecord) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+def read_detection_image(
+    record: ImageRecord,
+) -> tuple[np.ndarray | None, dict[str, Any] | None]:
     """Decode an image as RGB and check its size against the ``images`` table.
+
+    Pixels come from :func:`ica_captioning.data.images.load_rgb`, the conversion ingestion
+    validated (transparency on white, 16-bit scaled), so the detector sees the image every other
+    stage sees.
 
     Args:
         record: the image.
@@ -25,10 +32,7 @@ def load_rgb(record: ImageRecord) -> tuple[np.ndarray | None, dict[str, Any] | N
         masks would not line up with the image the rest of the project sees).
     """
     try:
-        with Image.open(record.path) as img:
-            img.load()
-            # Same conversion as ingestion validated (transparency -> white, 16-bit scaled).
-            pixels = np.asarray(to_rgb(img))
+        pixels = np.asarray(load_rgb(record.path))
     except FileNotFoundError:
         return None, quarantine_row(
             SOURCE, record.path, str(record.image_id), record.image_id, "image file not found"

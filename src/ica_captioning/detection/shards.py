@@ -26,13 +26,12 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ica_captioning.data.tables import quarantine_frame, quarantine_row
 from ica_captioning.detection.base import (
     DetectionConfigError,
     DetectorBackend,
     ImageRecord,
     detections_frame,
-    quarantine_frame,
-    quarantine_row,
 )
 
 logger = logging.getLogger(__name__)
@@ -87,10 +86,11 @@ def run_sharded(
     backend: DetectorBackend,
     records: Sequence[ImageRecord],
     shards_dir: str | Path,
-    shard_size: int = 512,
-    shard_index: int = 0,
-    num_shards: int = 1,
-    progress: bool = True,
+    *,
+    shard_size: int,
+    shard_index: int,
+    num_shards: int,
+    progress: bool,
 ) -> pd.DataFrame:
     """Detect on this process's shards, skipping shards already written.
 
@@ -217,14 +217,14 @@ def _check_results(
 def merge_shards(
     folder: str | Path,
     records: Sequence[ImageRecord],
-    shard_size: int = 512,
+    shard_size: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Concatenate all shards of a run folder into ``detections`` and its quarantine table.
 
     Args:
         folder: the run folder (:func:`run_dir`, also in :func:`run_sharded`'s report).
         records: all images of the run, sorted by ``image_id``.
-        shard_size: images per shard.
+        shard_size: images per shard (the one the run was made with).
 
     Raises:
         FileNotFoundError: some shards are not finished (names them and how to finish them).

@@ -33,8 +33,9 @@ from ica_captioning.detection.base import (
     ImageDetections,
     ImageRecord,
 )
-from ica_captioning.detection.images import load_rgb
+from ica_captioning.detection.images import read_detection_image
 from ica_captioning.detection.rle import encode_masks
+from ica_captioning.params import DetectionParams
 
 logger = logging.getLogger(__name__)
 
@@ -129,10 +130,14 @@ class TorchvisionBackend(DetectorBackend):
         max_detections: most instances per image.
         mask_threshold: binarise the soft masks at this probability.
         batch_size: images per forward pass.
-        min_size: shorter side the model resizes images to (torchvision default 800).
-        max_size: cap on the longer side (torchvision default 1333).
-        categories: label names (index = label id) for a local file with other classes.
+        min_size: shorter side the model resizes images to.
+        max_size: cap on the longer side.
+        categories: label names (index = label id) for a local file with other classes;
+            ``None`` = the weights' (or torchvision's COCO) list.
         options: more ``MaskRCNN`` keyword arguments (e.g. ``rpn_post_nms_top_n_test``).
+
+    Every setting is required: the values live in conf/base/parameters_detection.yml
+    (:meth:`from_params` reads them from there).
     """
 
     name = "torchvision"
@@ -140,16 +145,17 @@ class TorchvisionBackend(DetectorBackend):
     def __init__(
         self,
         weights: str | Path | None,
-        model: str = "maskrcnn_resnet50_fpn",
-        device: str = "cpu",
-        score_threshold: float = 0.5,
-        max_detections: int = 100,
-        mask_threshold: float = 0.5,
-        batch_size: int = 4,
-        min_size: int = 800,
-        max_size: int = 1333,
-        categories: Sequence[str] | None = None,
-        options: dict[str, Any] | None = None,
+        *,
+        model: str,
+        device: str,
+        score_threshold: float,
+        max_detections: int,
+        mask_threshold: float,
+        batch_size: int,
+        min_size: int,
+        max_size: int,
+        categories: Sequence[str] | None,
+        options: dict[str, Any] | None,
     ) -> None:
         if model not in ARCHITECTURES:
             raise DetectionConfigError(
@@ -214,6 +220,28 @@ class TorchvisionBackend(DetectorBackend):
             )
         self.net.eval().to(self.device)
 
+    @classmethod
+    def from_params(cls, detection: DetectionParams) -> TorchvisionBackend:
+        """The backend ``params:detection`` describes (``detection.torchvision`` and shared keys).
+
+        Args:
+            detection: the parsed ``params:detection``.
+        """
+        tv = detection.torchvision
+        return cls(
+            detection.weights,
+            model=tv.model,
+            device=detection.device,
+            score_threshold=detection.score_threshold,
+            max_detections=detection.max_detections,
+            mask_threshold=detection.mask_threshold,
+            batch_size=detection.batch_size,
+            min_size=tv.min_size,
+            max_size=tv.max_size,
+            categories=tv.categories,
+            options=dict(tv.options),
+        )
+
     def fingerprint(self) -> dict[str, Any]:
         """Model, weights and every option that changes the detections."""
         weights: dict[str, Any] = {"weights": self.weights}
@@ -238,7 +266,7 @@ class TorchvisionBackend(DetectorBackend):
         kept: list[ImageRecord] = []
         tensors: list[torch.Tensor] = []
         for rec in records:
-            pixels, bad = load_rgb(rec)
+            pixels, bad = read_detection_image(rec)
             if bad is not None:
                 quarantine.append(bad)
                 continue

@@ -1,4 +1,4 @@
-"""Reduce instance masks to the encoder's G×G attention grid (DESIGN.md "Grid").
+"""Reduce instance masks to the encoder's G×G attention grid (docs/design.md, "Grid reduction").
 
 A mask of size ``H × W`` is cut into ``G × G`` equal cells in continuous image coordinates (cell
 ``(r, c)`` spans rows ``[r·H/G, (r+1)·H/G)`` and columns ``[c·W/G, (c+1)·W/G)``; boundaries may

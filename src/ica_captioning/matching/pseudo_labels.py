@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Mapping, Set
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ica_captioning.data.tables import require_columns
 from ica_captioning.detection.rle import union_rle
 from ica_captioning.matching.grid import (
     binarize_fractions,
@@ -42,15 +43,6 @@ PSEUDO_LABEL_COLUMNS = [
 
 class MatchingInputError(ValueError):
     """A table given to matching lacks columns or holds unusable values."""
-
-
-def _require(frame: pd.DataFrame, columns: Sequence[str], name: str) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise MatchingInputError(
-            f"{name} table lacks column(s) {missing}; it has {list(frame.columns)} "
-            "(see docs/contracts.md)"
-        )
 
 
 def _token_list(tokens: Any, caption_id: Any) -> list[str]:
@@ -200,10 +192,11 @@ def build_pseudo_labels(
     captions: pd.DataFrame,
     detections: pd.DataFrame,
     lexicon: Lexicon,
-    score_threshold: float = 0.5,
-    grid_size: int = 14,
-    cell_threshold: float = 0.5,
-    progress: bool = False,
+    *,
+    score_threshold: float,
+    grid_size: int,
+    cell_threshold: float,
+    progress: bool,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Pseudo-attention labels for every caption, and statistics about them.
 
@@ -221,8 +214,8 @@ def build_pseudo_labels(
         ``pseudo_labels`` (docs/contracts.md, plus ``split`` when captions have it) and
         ``matching_stats`` (long format ``statistic``, ``key``, ``value``).
     """
-    _require(captions, CAPTION_COLUMNS, "captions")
-    _require(detections, DETECTION_COLUMNS, "detections")
+    require_columns(captions, "captions", CAPTION_COLUMNS, error=MatchingInputError)
+    require_columns(detections, "detections", DETECTION_COLUMNS, error=MatchingInputError)
     if not 0.0 < float(cell_threshold) <= 1.0:
         raise MatchingInputError(f"matching.cell_threshold={cell_threshold} must be in (0, 1]")
     if int(grid_size) < 1:

@@ -17,16 +17,11 @@ A mention is hallucinated when its class is not among the image's ground-truth o
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from ica_captioning.data.text import as_tokens
 from ica_captioning.matching.lexicon import Lexicon, default_lexicon
-
-
-def _as_tokens(tokens: Any) -> list[str]:
-    return list(tokens.tolist() if isinstance(tokens, np.ndarray) else tokens)
 
 
 def caption_mentions(
@@ -50,7 +45,7 @@ def caption_mentions(
     truth = set(ground_truth)
     allowed = None if classes is None else set(classes)
     out = []
-    for pos, cands in lexicon.mentions(_as_tokens(tokens)):
+    for pos, cands in lexicon.mentions(as_tokens(tokens)):
         if allowed is not None:
             cands = tuple(c for c in cands if c in allowed)
         if not cands:

@@ -19,14 +19,22 @@ on) and against ground-truth instance masks where the dataset has them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ica_captioning.data.text import as_tokens
 from ica_captioning.matching.grid import unpack_grid
 from ica_captioning.matching.lexicon import Lexicon, default_lexicon
+from ica_captioning.metrics.objects import GROUND_TRUTH, PSEUDO_LABELS
+
+logger = logging.getLogger(__name__)
+
+#: Caption sources scored: beam-search captions and teacher-forced reference captions.
+GENERATED, REFERENCE = "generated", "reference"
 
 #: Per-word metric columns, in report order.
 WORD_METRICS = (
@@ -150,10 +158,6 @@ def word_scores(alphas: np.ndarray, masks: np.ndarray, mass: float = 0.5) -> pd.
     )
 
 
-def _as_tokens(tokens: Any) -> list[str]:
-    return list(tokens.tolist() if isinstance(tokens, np.ndarray) else tokens)
-
-
 def mention_pairs(
     captions: pd.DataFrame,
     object_grids: pd.DataFrame,
@@ -180,7 +184,7 @@ def mention_pairs(
         classes = present.get(int(iid))
         if not classes:
             continue
-        rows += [(key, int(iid), pos, c) for pos, c in lexicon.match(_as_tokens(toks), classes)]
+        rows += [(key, int(iid), pos, c) for pos, c in lexicon.match(as_tokens(toks), classes)]
     pairs = pd.DataFrame(rows, columns=["caption_key", "image_id", "token_position", "class_name"])
     grids = object_grids[["image_id", "class_name", "grid_size", "grid"]].drop_duplicates(
         ["image_id", "class_name"]
@@ -257,3 +261,75 @@ def summarize(word_table: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
     grouped = long.groupby([*by, "metric"], sort=False)["value"]
     out = grouped.agg(["mean", "size"]).reset_index()
     return out.rename(columns={"mean": "value", "size": "count"})
+
+
+def grounding_words(
+    generated: pd.DataFrame,
+    reference_attention: pd.DataFrame,
+    pseudo_labels: pd.DataFrame,
+    object_grids: pd.DataFrame,
+    lexicon: Lexicon,
+    mass: float,
+) -> list[tuple[str, str, pd.DataFrame]]:
+    """Per-word grounding metrics of one model, for every (captions, masks) combination.
+
+    Generated captions are scored on the words that name a class with a mask in the image.
+    Reference captions are scored against the pseudo-labels the ICA loss was trained on (the
+    ``pseudo_labels`` rows of their captions) and, where there are ground-truth masks, on the
+    words that name a ground-truth class.
+
+    Args:
+        generated: ``image_id``, ``tokens``, ``grid_size``, ``attention`` (flattened
+            ``[n * L]`` beam-search maps) per generated caption.
+        reference_attention: ``caption_id``, ``image_id``, ``tokens``, ``grid_size``,
+            ``attention`` (flattened teacher-forced maps) per reference caption.
+        pseudo_labels: the matching stage's ``pseudo_labels`` table.
+        object_grids: :func:`ica_captioning.metrics.objects.evaluation_objects` grids (with a
+            ``masks`` column); ground truth is skipped when it has no such row.
+        lexicon: words -> classes.
+        mass: attention-mass target of ``attention_iou_mass50``.
+
+    Returns:
+        ``[(captions, masks, words), ...]``: :data:`GENERATED` / :data:`REFERENCE`,
+        :data:`PSEUDO_LABELS` / :data:`GROUND_TRUTH`, and the :func:`pair_scores` table keyed by
+        ``caption_key`` (the image id of a generated caption, the caption id of a reference).
+    """
+    # decoding imports torch; imported here so that the metrics package does not need it.
+    from ica_captioning.decoding.runner import attention_maps
+
+    gen = generated.assign(caption_key=generated["image_id"])
+    ref = reference_attention.assign(caption_key=reference_attention["caption_id"])
+    gen_att = attention_maps(gen, "caption_key")
+    ref_att = attention_maps(ref, "caption_key")
+    words = []
+    for masks in (PSEUDO_LABELS, GROUND_TRUTH):
+        grids = object_grids[object_grids["masks"] == masks]
+        if masks == GROUND_TRUTH and grids.empty:
+            continue
+        pairs = mention_pairs(gen[["caption_key", "image_id", "tokens"]], grids, lexicon)
+        words.append((GENERATED, masks, pair_scores(pairs, gen_att, mass)))
+        if masks == PSEUDO_LABELS:
+            pairs = _reference_pseudo_labels(pseudo_labels, ref_att)
+        else:
+            pairs = mention_pairs(ref[["caption_key", "image_id", "tokens"]], grids, lexicon)
+        words.append((REFERENCE, masks, pair_scores(pairs, ref_att, mass)))
+    return words
+
+
+def _reference_pseudo_labels(
+    pseudo_labels: pd.DataFrame, attention: Mapping[Any, np.ndarray]
+) -> pd.DataFrame:
+    """The pseudo-labels of the reference captions in ``attention``, as mention pairs.
+
+    A pseudo-label past the end of its encoded caption (cut at ``max_caption_len``) has no
+    attention map and is left out.
+    """
+    pl = pseudo_labels[pseudo_labels["caption_id"].isin(list(attention))]
+    pl = pl.rename(columns={"caption_id": "caption_key"})
+    lengths = {k: v.shape[0] for k, v in attention.items()}
+    inside = pl["token_position"] < pl["caption_key"].map(lengths)
+    if (~inside).any():
+        logger.info("%d pseudo-labels beyond the encoded caption length", (~inside).sum())
+    return pl[inside][
+        ["caption_key", "image_id", "token_position", "class_name", "grid_size", "grid"]
+    ]

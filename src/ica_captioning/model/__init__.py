@@ -1,51 +1,39 @@
-"""Show-Attend-Tell captioner with the ICA auxiliary loss: model, data, training.
+"""The Show-Attend-Tell captioner: encoder, decoder, bundle format, image preprocessing.
 
-Public API (docs/contracts.md "model interface"):
+Public API (docs/contracts.md "decoder protocol"):
 
-* :class:`Captioner` — ``encode(images [B,3,H,W]) -> [B,L,D]``, ``decoder.init_state(features)``,
-  ``decoder.step(features, tokens [B], state) -> (logits [B,V], alpha [B,L], state)`` (or
-  ``K`` rows per image with ``features [N,L,D]``, ``tokens [N·K]``: ``image_state_slots``), and a
+* :class:`Captioner` — ``encode(images [B,3,S,S]) -> [B,L,D]``, ``decoder.init_state(features)``,
+  ``decoder.step(features, tokens [R], state) -> (logits [R,V], alpha [R,L], state)``, and a
   teacher-forced ``forward(inputs=[B,T], images=… | features=…)``
-  ``-> (logits [B,T,V], alphas [B,T,L])``.
-* :func:`load_captioner` — rebuild a model from a ``{"state_dict", "config", "vocabulary"}`` bundle.
+  ``-> (logits [B,T,V], alphas [B,T,L])``; consumers rely only on
+  :mod:`ica_captioning.model.protocol`.
+* :func:`build_captioner` / :func:`load_captioner` — from settings / from a saved bundle.
 * :func:`preprocess_images` — load images exactly as training did.
-* :func:`train_captioner` — train one model from the stage tables (no Kedro needed).
+
+Training lives in :mod:`ica_captioning.training`.
 """
 
 from ica_captioning.model.captioner import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     Captioner,
     build_captioner,
-    decode_words,
-    greedy_decode,
     load_captioner,
     make_bundle,
-    preprocess_images,
 )
 from ica_captioning.model.decoder import AttentionDecoder
 from ica_captioning.model.encoder import Encoder
-from ica_captioning.model.trainer import (
-    DEFAULT_TRAIN_CONFIG,
-    NonFiniteLossError,
-    resolve_config,
-    train_captioner,
-)
+from ica_captioning.model.images import IMAGENET_MEAN, IMAGENET_STD, preprocess_images
+from ica_captioning.model.protocol import CaptionDecoder, CaptionModel
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "AttentionDecoder",
+    "CaptionDecoder",
+    "CaptionModel",
     "Captioner",
-    "DEFAULT_TRAIN_CONFIG",
     "Encoder",
-    "NonFiniteLossError",
     "build_captioner",
-    "decode_words",
-    "greedy_decode",
     "load_captioner",
     "make_bundle",
     "preprocess_images",
-    "resolve_config",
-    "train_captioner",
 ]

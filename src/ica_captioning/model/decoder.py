@@ -9,7 +9,12 @@ Per step ``t`` (input token ``y_{t-1}``, previous state ``h_{t-1}, c_{t-1}``):
 
 ``h_0, c_0`` are affine maps of the mean annotation vector. Step ``t`` of a caption
 ``[<start>, w_0, …, w_{n-1}, <end>]`` takes ``ids[t]`` and predicts ``ids[t + 1]``, so the
-attention map of step ``i`` is the one that belongs to word ``w_i`` (DESIGN.md alignment).
+attention map of step ``i`` is the one that belongs to word ``w_i`` (docs/design.md, alignment).
+
+The attention is computed as ``softmax_l(2·w·σ(2·W_a a_l + 2·U_a h))``, the same function as
+the ``tanh`` form (``tanh x = 2σ(2x) − 1``; the constant ``−Σw`` cancels in the softmax) and
+faster on CPU. CPU inference takes a further fast path of the same function,
+:mod:`ica_captioning.model.cpu_attention`.
 """
 
 from __future__ import annotations
@@ -17,23 +22,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ica_captioning.model import cpu_attention
+from ica_captioning.tokens import PAD_ID
+
 #: Decoder state ``(h [R, H], c [R, H], projected [N, L, A], exp_projected [N, L, A] or [N, 0, 0])``
 #: for ``R = N·K`` rows over ``N`` images (``K`` consecutive rows per image, e.g. beams; ``K = 1``
 #: in training). ``projected = W_a a`` is carried so that ``step`` does not recompute it;
-#: ``exp_projected = exp(−2 W_a a)`` feeds the CPU inference fast path of the attention (empty
-#: where that path is off). Every tensor has its batch dimension first.
+#: ``exp_projected = exp(−2 W_a a)`` feeds the CPU inference fast path of the attention
+#: (:mod:`~ica_captioning.model.cpu_attention`; empty where that path is off). Every tensor
+#: has its batch dimension first.
 State = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-
-#: Inference-time tile of the attention's ``[N, K, L, A]`` intermediate on CPU, in bytes (whole
-#: images per tile). 2 MB was fastest on this project's 2-core CPU (0.5–16 MB tried): a fresh
-#: 32 MB intermediate per step costs more in page faults than in arithmetic.
-ATTENTION_TILE_BYTES = 2 * 1024 * 1024
-
-#: The CPU fast path needs ``|W_a a| ≤ EXP_RANGE`` and ``|U_a h| ≤ EXP_RANGE``: then
-#: ``exp(−2 W_a a)·exp(−2 U_a h)`` stays within ``e^{±4·EXP_RANGE}``, finite and normal in
-#: float32 (``e^{±80}``), so it equals ``exp(−2(W_a a + U_a h))`` to a few ulp. Outside it
-#: (never seen in practice) the step falls back to ``sigmoid``.
-EXP_RANGE = 20.0
 
 
 class AttentionDecoder(nn.Module):
@@ -46,7 +44,7 @@ class AttentionDecoder(nn.Module):
     ``[B·K, L, ·]``, per step. Training and greedy decoding use ``K = 1``.
 
     Args:
-        vocab_size: V, size of the output vocabulary (index 0 is ``<pad>``).
+        vocab_size: V, size of the output vocabulary (index ``PAD_ID`` is ``<pad>``).
         feature_dim: D, channels of the annotation vectors.
         embed_dim: E, word-embedding size (also the deep-output size).
         hidden_dim: H, LSTM hidden size.
@@ -60,19 +58,20 @@ class AttentionDecoder(nn.Module):
 
     def __init__(
         self,
+        *,
         vocab_size: int,
         feature_dim: int,
-        embed_dim: int = 64,
-        hidden_dim: int = 256,
-        attention_dim: int = 128,
-        dropout: float = 0.3,
-        attention_init_scale: float = 10.0,
+        embed_dim: int,
+        hidden_dim: int,
+        attention_dim: int,
+        dropout: float,
+        attention_init_scale: float,
     ) -> None:
         super().__init__()
         self.vocab_size = int(vocab_size)
         self.feature_dim = int(feature_dim)
         self.hidden_dim = int(hidden_dim)
-        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
         self.init_h = nn.Linear(feature_dim, hidden_dim)
         self.init_c = nn.Linear(feature_dim, hidden_dim)
         self.att_features = nn.Linear(feature_dim, attention_dim)
@@ -104,7 +103,8 @@ class AttentionDecoder(nn.Module):
         """
         mean = features.mean(dim=1)  # [N, D]
         projected = self.att_features(features)  # [N, L, A]
-        return self.init_h(mean), self.init_c(mean), projected, _exp_memory(projected)
+        exp_projected = cpu_attention.exp_memory(projected)  # [N, L, A] or [N, 0, 0]
+        return self.init_h(mean), self.init_c(mean), projected, exp_projected
 
     def attend(
         self,
@@ -113,14 +113,7 @@ class AttentionDecoder(nn.Module):
         exp_projected: torch.Tensor,
         h: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Additive attention ``α = softmax_l(w·tanh(W_a a_l + U_a h))``.
-
-        ``tanh x = 2σ(2x) − 1`` and the ``−Σw`` constant cancels in the softmax, so this computes
-        ``softmax_l(2·w·σ(2·W_a a_l + 2·U_a h))``, the same function. Why: it is the decoder's
-        hottest op (``R·L·A`` elements per step) and torch's CPU ``tanh`` is 3–8× slower than
-        ``sigmoid`` (measured). In CPU inference, ``σ(2x) = 1 / (1 + exp(−2 W_a a)·exp(−2 U_a h))``
-        with ``exp(−2 W_a a)`` computed once per image: no transcendental per element, 2.5×
-        faster than ``sigmoid`` (5 vs 12.4 ms per step for 64 images × 5 beams, 1 thread).
+        """Additive attention ``α = softmax_l(w·tanh(W_a a_l + U_a h))``, as ``2·w·σ(2·…)``.
 
         Args:
             features: ``[N, L, D]``.
@@ -133,32 +126,13 @@ class AttentionDecoder(nn.Module):
         """
         n, num_cells, dim = features.shape
         k = h.shape[0] // n if n else 1
-        query = self.att_hidden(h).view(n, k, 1, -1)  # [N, K, 1, A]
-        if (
-            torch.is_grad_enabled()
-            or features.device.type != "cpu"
-            or query.dtype not in (torch.float32, torch.float64)  # e.g. under autocast
-        ):
-            scores = 2.0 * self.att_score(_sigmoid_act(query, projected)).squeeze(-1)  # [N, K, L]
+        query = self.att_hidden(h).view(n, k, 1, -1)  # [N, K, 1, A] = U_a h
+        if cpu_attention.applies(query):
+            scores = cpu_attention.attention_scores(
+                query, projected, exp_projected, self.att_score.weight, attention_activation
+            )  # [N, K, L]
         else:
-            fast = exp_projected.numel() > 0 and bool(query.abs().amax() <= EXP_RANGE)
-            exp_query = torch.exp(-2.0 * query) if fast else query  # [N, K, 1, A]
-            # Tiles of whole images keep the [N, K, L, A] intermediate small and cache-resident;
-            # each tile is one vectorised op over many rows.
-            per_image = k * num_cells * query.shape[-1] * query.element_size()
-            block = max(1, ATTENTION_TILE_BYTES // max(per_image, 1))
-            scores = query.new_empty(n, k, num_cells)
-            w2 = 2.0 * self.att_score.weight.t()  # [A, 1]
-            one = query.new_ones(())
-            for lo in range(0, n, block):
-                hi = min(n, lo + block)
-                if fast:  # 1 / (1 + exp(−2 U_a h)·exp(−2 W_a a)) = σ(2(W_a a + U_a h))
-                    act = torch.addcmul(one, exp_query[lo:hi], exp_projected[lo:hi].unsqueeze(1))
-                    act.reciprocal_()  # [n', K, L, A]
-                else:
-                    act = _sigmoid_act(query[lo:hi], projected[lo:hi])
-                # Straight into the scores: no per-tile temporaries beyond ``act``.
-                torch.mm(act.view(-1, act.shape[-1]), w2, out=scores[lo:hi].view(-1, 1))
+            scores = 2.0 * self.att_score(attention_activation(query, projected)).squeeze(-1)
         alpha = torch.softmax(scores.float(), dim=-1).to(features.dtype)  # [N, K, L]
         context = torch.bmm(alpha, features)  # [N, K, D]
         return context.view(n * k, dim), alpha.view(n * k, num_cells)
@@ -225,28 +199,9 @@ class AttentionDecoder(nn.Module):
         return torch.stack(logits, dim=1), torch.stack(alphas, dim=1)
 
 
-def _sigmoid_act(query: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
+def attention_activation(query: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
     """``σ(2·W_a a + 2·U_a h)`` ``[N, K, L, A]`` from ``query [N, K, 1, A]`` = ``U_a h``.
 
     In place: autograd keeps σ's output either way; one ``[N, K, L, A]`` buffer, not two.
     """
     return torch.add(2.0 * query, projected.unsqueeze(1), alpha=2.0).sigmoid_()
-
-
-def _exp_memory(projected: torch.Tensor) -> torch.Tensor:
-    """``exp(−2·projected)`` for the CPU inference fast path, or ``[N, 0, 0]`` where it is off.
-
-    Off under autograd (training keeps the plain, differentiable formula), off the CPU (a GPU
-    does the ``sigmoid`` at memory speed), for non-float32/64 dtypes, and where
-    ``|projected| > EXP_RANGE``.
-    """
-    n = projected.shape[0]
-    if (
-        n == 0
-        or torch.is_grad_enabled()
-        or projected.device.type != "cpu"
-        or projected.dtype not in (torch.float32, torch.float64)
-        or not bool(projected.abs().amax() <= EXP_RANGE)
-    ):
-        return projected.new_empty(n, 0, 0)
-    return torch.exp(-2.0 * projected)

@@ -18,22 +18,12 @@ import torch
 import torchvision
 from torch import nn
 
+from ica_captioning.params.train import EncoderParams
+
 logger = logging.getLogger(__name__)
 
 #: Blocks of a torchvision ResNet trunk, in order; ``layer`` names the last one kept.
 RESNET_BLOCKS = ("layer1", "layer2", "layer3", "layer4")
-
-#: Default encoder settings (``train.encoder`` in ``conf/base/parameters_train.yml``).
-DEFAULT_ENCODER_CONFIG: dict[str, Any] = {
-    "backbone": "resnet18",
-    "weights": "none",
-    "layer": "layer2",
-    "grid_size": 14,
-    "image_size": 128,
-    "fine_tune_blocks": 0,
-    "init_seed": 0,
-    "standardize": True,
-}
 
 
 def _is_none_weights(weights: Any) -> bool:
@@ -118,13 +108,14 @@ class Encoder(nn.Module):
 
     def __init__(
         self,
-        backbone: str = "resnet18",
-        weights: Any = "none",
-        layer: str = "layer2",
-        grid_size: int = 14,
-        fine_tune_blocks: int = 0,
-        init_seed: int = 0,
-        image_size: int = 128,
+        *,
+        backbone: str,
+        weights: Any,
+        layer: str,
+        grid_size: int,
+        fine_tune_blocks: int,
+        init_seed: int,
+        image_size: int,
     ) -> None:
         super().__init__()
         if layer not in RESNET_BLOCKS:
@@ -203,12 +194,25 @@ class Encoder(nn.Module):
         x = self.pool(x)  # [B, D, G, G]
         return x.flatten(2).transpose(1, 2).contiguous()  # [B, G*G, D]
 
+    @classmethod
+    def from_params(cls, params: EncoderParams) -> Encoder:
+        """The encoder that ``train.encoder`` describes (weights loaded as it says)."""
+        return cls(
+            backbone=params.backbone,
+            weights=params.weights,
+            layer=params.layer,
+            grid_size=params.grid_size,
+            fine_tune_blocks=params.fine_tune_blocks,
+            init_seed=params.init_seed,
+            image_size=params.image_size,
+        )
 
-def encoder_cache_key(config: Mapping[str, Any]) -> str:
+
+def encoder_cache_key(params: EncoderParams) -> str:
     """Stable short hash of the settings that determine encoder outputs."""
     parts = [
-        str(config.get(k, DEFAULT_ENCODER_CONFIG[k]))
+        str(getattr(params, k))
         for k in ("backbone", "layer", "grid_size", "image_size", "init_seed")
     ]
-    parts.append(weights_fingerprint(config.get("weights", "none")))
+    parts.append(weights_fingerprint(params.weights))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ica_captioning.model.encoder import encoder_cache_key
+from ica_captioning.model.images import preprocess_images
+from ica_captioning.params.train import EncoderParams
 
 logger = logging.getLogger(__name__)
 
 
 def cache_key(
-    encoder_config: Mapping[str, Any],
+    encoder_config: EncoderParams,
     image_ids: Sequence[int],
     paths: Sequence[str],
     images_dir: str | os.PathLike,
@@ -84,15 +86,15 @@ class CachedSource:
 @torch.no_grad()
 def build_feature_cache(
     encoder: torch.nn.Module,
-    encoder_config: Mapping[str, Any],
+    encoder_config: EncoderParams,
     image_ids: Sequence[int],
     paths: Sequence[str],
     images_dir: str | os.PathLike,
     cache_dir: str | os.PathLike,
     *,
-    dtype: str = "float16",
-    batch_size: int = 64,
-    device: str | torch.device = "cpu",
+    dtype: str,
+    batch_size: int,
+    device: str | torch.device,
 ) -> CachedSource:
     """Return the cache for these images, encoding them first if no valid cache exists.
 
@@ -110,8 +112,6 @@ def build_feature_cache(
     Returns:
         A :class:`CachedSource` over the ``[N, L, D]`` file.
     """
-    from ica_captioning.model.captioner import preprocess_images
-
     if dtype not in ("float16", "float32"):
         raise ValueError(f"train.feature_cache.dtype must be float16 or float32, got {dtype!r}")
     key = cache_key(encoder_config, image_ids, paths, images_dir, dtype)
@@ -129,7 +129,9 @@ def build_feature_cache(
     try:
         bar = tqdm(total=len(paths), desc="encoding images", unit="img", leave=False)
         for lo in range(0, len(paths), batch_size):
-            images = preprocess_images(paths[lo : lo + batch_size], encoder_config, root=images_dir)
+            images = preprocess_images(
+                paths[lo : lo + batch_size], encoder_config.image_size, root=images_dir
+            )
             feats = encoder(images.to(device)).float().cpu().numpy()  # [b, L, D]
             if out is None:
                 shape = (len(paths), *feats.shape[1:])
@@ -146,7 +148,12 @@ def build_feature_cache(
         if tmp.exists():
             tmp.unlink()
         encoder.train(was_training)
-    meta = {"key": key, "num_images": len(paths), "encoder": dict(encoder_config), "dtype": dtype}
+    meta = {
+        "key": key,
+        "num_images": len(paths),
+        "encoder": encoder_config.to_dict(),
+        "dtype": dtype,
+    }
     (cache_dir / f"features-{key}.json").write_text(json.dumps(meta, indent=1, default=str))
     logger.info(
         "Encoded %d images into %s in %.1f s", len(paths), path, time.perf_counter() - start

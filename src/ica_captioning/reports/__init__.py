@@ -2,11 +2,14 @@
 
 from ica_captioning.reports.figures import (
     attention_figure,
+    attention_figures,
+    figure_sample,
     training_curves_figure,
     upsample_attention,
 )
 from ica_captioning.reports.tables import (
     DIFFERENCE_LABEL,
+    DIFFERENCE_VARIANT,
     REPORT_COLUMNS,
     TABLE1_METRICS,
     VARIANT_LABELS,
@@ -17,11 +20,14 @@ from ica_captioning.reports.tables import (
 
 __all__ = [
     "DIFFERENCE_LABEL",
+    "DIFFERENCE_VARIANT",
     "REPORT_COLUMNS",
     "TABLE1_METRICS",
     "VARIANT_LABELS",
     "attention_figure",
+    "attention_figures",
     "comparison_table",
+    "figure_sample",
     "table1",
     "training_curves_figure",
     "upsample_attention",

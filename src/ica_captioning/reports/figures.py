@@ -1,4 +1,4 @@
-"""Report figures: per-word attention over the image (both models) and training curves.
+"""Report figures: per-word attention over the image (every model) and training curves.
 
 Figures are built with the object-oriented Matplotlib API (``matplotlib.figure.Figure``), so no
 pyplot state or interactive backend is involved; the Kedro ``MatplotlibDataset`` saves them.
@@ -7,13 +7,17 @@ pyplot state or interactive backend is involved; the Kedro ``MatplotlibDataset``
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
+
+from ica_captioning.variants import LABELS
 
 
 def upsample_attention(att: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -79,6 +83,90 @@ def attention_figure(
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def figure_sample(image_ids: Sequence[int] | np.ndarray, num_images: int, seed: int) -> list[int]:
+    """The images drawn for the attention figures (seeded, without replacement).
+
+    Args:
+        image_ids: ``[N]`` evaluated image ids, in the ``evaluation_images`` order (the draw
+            depends on it).
+        num_images: images wanted (all ``N`` when there are fewer).
+        seed: seed of the draw.
+
+    Returns:
+        The drawn ids, ascending.
+    """
+    ids = np.asarray(image_ids, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    return [int(i) for i in sorted(rng.choice(ids, size=min(num_images, len(ids)), replace=False))]
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """``[H, W, 3]`` uint8 RGB pixels of an image file."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def caption_attention(generated: pd.DataFrame, image_id: int) -> tuple[list[str], np.ndarray]:
+    """Words and attention maps of one image's generated caption.
+
+    Args:
+        generated: ``generated_captions`` table indexed by ``image_id`` (``tokens``,
+            ``grid_size``, ``attention`` flattened ``[n * G * G]``).
+        image_id: the image.
+
+    Returns:
+        ``(words, maps)``: the ``n`` words and their ``[n, G, G]`` float32 maps.
+    """
+    rec = generated.loc[image_id]
+    g = int(rec["grid_size"])
+    maps = np.asarray(rec["attention"], dtype=np.float32).reshape(-1, g, g)
+    return list(rec["tokens"]), maps
+
+
+def attention_figures(
+    generated: Mapping[str, pd.DataFrame],
+    evaluation_images: pd.DataFrame,
+    images_dir: str | os.PathLike,
+    *,
+    num_images: int,
+    max_words: int,
+    seed: int,
+    overlay_alpha: float,
+) -> dict[str, Figure]:
+    """Per-word attention of several models on a seeded sample of the evaluated images.
+
+    Args:
+        generated: variant -> its ``generated_captions`` (one figure row each, in this order,
+            labelled with :data:`ica_captioning.variants.LABELS`).
+        evaluation_images: ``image_id`` and ``file_path`` (relative to ``images_dir``).
+        images_dir: ``dataset.images_dir``.
+        num_images: images drawn (:func:`figure_sample`).
+        max_words: words shown per caption.
+        seed: seed of the image sample.
+        overlay_alpha: see :func:`attention_figure`.
+
+    Returns:
+        ``{"image_<id>.png": figure}``, ascending image ids.
+    """
+    ids = evaluation_images["image_id"].astype("int64").to_numpy()
+    paths = dict(zip(ids.tolist(), evaluation_images["file_path"]))
+    tables = {variant: table.set_index("image_id") for variant, table in generated.items()}
+    figures = {}
+    for iid in figure_sample(ids, num_images, seed):
+        rows = [
+            (LABELS.get(variant, variant), *caption_attention(table, iid))
+            for variant, table in tables.items()
+        ]
+        figures[f"image_{iid}.png"] = attention_figure(
+            load_image(Path(images_dir) / paths[iid]),
+            rows,
+            max_words=max_words,
+            title=f"image {iid}",
+            overlay_alpha=overlay_alpha,
+        )
+    return figures
 
 
 def _wrap(text: str, width: int) -> str:

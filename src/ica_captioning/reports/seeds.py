@@ -14,6 +14,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from ica_captioning.reports.tables import DIFFERENCE_VARIANT
+
 #: Metrics where lower is better (a negative +ICA − SAT difference is a win).
 LOWER_IS_BETTER = ("CHAIR-i", "CHAIR-s")
 
@@ -68,7 +70,7 @@ def seed_spread(comparisons: Mapping[int, pd.DataFrame]) -> tuple[pd.DataFrame, 
         .reset_index(name="ica_better")
     )
     summary = summary.merge(wins, on=["variant", "metric"])
-    compared = (summary["variant"] == "difference") & ~summary["metric"].str.contains(
+    compared = (summary["variant"] == DIFFERENCE_VARIANT) & ~summary["metric"].str.contains(
         NOT_COMPARED_MARK, regex=False
     )
     summary["ica_better"] = summary["ica_better"].where(compared)

@@ -7,11 +7,15 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from ica_captioning.variants import BASELINE, ICA, LABELS
+
 #: Key columns of every long-format report (docs/contracts.md style: add columns, never rename).
 REPORT_COLUMNS = ["dataset", "variant", "split", "metric", "value", "run_id"]
 
-#: Row labels of the comparison, as in the paper's Table 1.
-VARIANT_LABELS = {"baseline": "Show-Attend-Tell", "ica": "+ICA Loss"}
+#: Row labels of the comparison, as in the paper's Table 1 (defined once, in ``variants``).
+VARIANT_LABELS = LABELS
+#: ``variant`` and label of the comparison row holding +ICA minus the baseline.
+DIFFERENCE_VARIANT = "difference"
 DIFFERENCE_LABEL = "Δ (+ICA − SAT)"
 
 #: The metrics of the paper's Table 1, in its column order.
@@ -42,8 +46,8 @@ def grounding_column(metric: str, captions: str, masks: str) -> str:
 def comparison_table(
     caption_metrics: pd.DataFrame,
     grounding_metrics: pd.DataFrame,
-    baseline: str = "baseline",
-    treatment: str = "ica",
+    baseline: str = BASELINE,
+    treatment: str = ICA,
 ) -> pd.DataFrame:
     """Table-1 layout: per dataset, the baseline row, the +ICA row and their difference.
 
@@ -104,7 +108,7 @@ def comparison_table(
                     "dataset": dataset,
                     "split": split,
                     "model": DIFFERENCE_LABEL,
-                    "variant": "difference",
+                    "variant": DIFFERENCE_VARIANT,
                     **(treat - base).to_dict(),
                 }
             )

@@ -62,7 +62,7 @@ def test_detection_pipeline_writes_detections_and_resumes(project, tmp_path):
     run_pipeline(project, create_pipeline(), params)
     out = project / "data" / "03_primary" / "detections.parquet"
     detections = pd.read_parquet(out)
-    results, _ = AnnotationsBackend(toy.instances, toy.images).detect(
+    results, _ = AnnotationsBackend(toy.instances, toy.images, include_crowd=True).detect(
         image_records(toy.images, toy.root)
     )
     expected = detections_frame(results)

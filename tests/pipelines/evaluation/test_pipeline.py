@@ -7,10 +7,13 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 from kedro_datasets.matplotlib import MatplotlibDataset
 from kedro_datasets.pandas import ParquetDataset
+from project_conf import section
 
+from ica_captioning.params import ParameterError
 from ica_captioning.pipelines.evaluation import create_pipeline
 from ica_captioning.pipelines.evaluation import nodes as ev
 from ica_captioning.reports import TABLE1_METRICS
+from ica_captioning.reports import evaluation as report
 
 
 def _catalog(inputs, out_dir):
@@ -104,34 +107,35 @@ def test_pipeline_writes_all_reports(run_outputs, eval_inputs):
 
 
 def test_select_split_errors(eval_inputs):
+    tables = eval_inputs["images"], eval_inputs["captions"], eval_inputs["encoded_captions"]
     with pytest.raises(ValueError, match="no image of that split"):
-        ev.select_split(
-            eval_inputs["images"],
-            eval_inputs["captions"],
-            eval_inputs["encoded_captions"],
-            {"split": "holdout"},
-        )
-    images, refs = ev.select_split(
-        eval_inputs["images"],
-        eval_inputs["captions"],
-        eval_inputs["encoded_captions"],
-        {"split": "test", "max_images": 2},
-    )
+        report.select_split(*tables, split="holdout", max_images=None)
+    without_val = eval_inputs["images"].query("split != 'val'")
+    with pytest.raises(ValueError, match="no image of that split"):
+        ev.select_split(without_val, *tables[1:], section("evaluation", split="val"))
+    # The node accepts only the configured splits, and says which key is wrong.
+    with pytest.raises(ParameterError, match=r"evaluation\.split"):
+        ev.select_split(*tables, section("evaluation", split="holdout"))
+    images, refs = ev.select_split(*tables, section("evaluation", split="test", max_images=2))
     assert len(images) == 2 and set(refs["image_id"]) == set(images["image_id"])
     assert {"raw", "tokens", "ids"} <= set(refs.columns)
 
 
-def test_prepare_objects_without_instances_falls_back_to_detections(eval_inputs):
-    images, refs = ev.select_split(
+def _test_split(eval_inputs):
+    return ev.select_split(
         eval_inputs["images"],
         eval_inputs["captions"],
         eval_inputs["encoded_captions"],
-        {"split": "test"},
+        section("evaluation", split="test"),
     )
+
+
+def test_prepare_objects_without_instances_falls_back_to_detections(eval_inputs):
+    images, refs = _test_split(eval_inputs)
     dataset = {**eval_inputs["dataset"], "instances": ["/nonexistent/instances.json"]}
     grids, truth = ev.prepare_objects(
         eval_inputs["images"], eval_inputs["detections"], images, refs, dataset,
-        eval_inputs["matching"], {},
+        eval_inputs["matching"], section("evaluation"),
     )  # fmt: skip
     assert set(grids["masks"]) == {"pseudo_labels"}
     assert (truth["source"] == "detections").all()
@@ -139,7 +143,7 @@ def test_prepare_objects_without_instances_falls_back_to_detections(eval_inputs)
     # With the instances present, ground truth is used and equals the annotations.
     grids, truth = ev.prepare_objects(
         eval_inputs["images"], eval_inputs["detections"], images, refs, eval_inputs["dataset"],
-        eval_inputs["matching"], {},
+        eval_inputs["matching"], section("evaluation"),
     )  # fmt: skip
     assert set(grids["masks"]) == {"pseudo_labels", "ground_truth"}
     assert (truth["source"] == "ground_truth").all()
@@ -149,21 +153,16 @@ def test_prepare_objects_without_instances_falls_back_to_detections(eval_inputs)
 
 
 def test_make_run_id():
-    assert ev.make_run_id({"run_id": "abc"}) == "abc"
-    rid = ev.make_run_id({})
+    assert ev.make_run_id(section("evaluation", run_id="abc")) == "abc"
+    rid = ev.make_run_id(section("evaluation", run_id=None))
     assert rid.endswith("Z") and rid[4] == "-" and rid.count(".") == 3
 
 
 def test_grounding_rows_exist_when_no_word_names_an_object(eval_inputs):
-    images, refs = ev.select_split(
-        eval_inputs["images"],
-        eval_inputs["captions"],
-        eval_inputs["encoded_captions"],
-        {"split": "test"},
-    )
+    images, refs = _test_split(eval_inputs)
     grids, _ = ev.prepare_objects(
         eval_inputs["images"], eval_inputs["detections"], images, refs, eval_inputs["dataset"],
-        eval_inputs["matching"], {},
+        eval_inputs["matching"], section("evaluation"),
     )  # fmt: skip
     cells = eval_inputs["matching"]["grid_size"] ** 2
     generated = pd.DataFrame(
@@ -177,7 +176,7 @@ def test_grounding_rows_exist_when_no_word_names_an_object(eval_inputs):
     no_refs = pd.DataFrame(columns=["caption_id", "image_id", "tokens", "grid_size", "attention"])
     report, words = ev.compute_grounding_metrics(
         generated, no_refs, generated, no_refs, eval_inputs["pseudo_labels"], grids,
-        eval_inputs["dataset"], eval_inputs["matching"], {}, "r",
+        eval_inputs["dataset"], eval_inputs["matching"], section("evaluation"), "r",
     )  # fmt: skip
     assert words.empty
     assert len(report) == 2 * 4 * 4  # variants x (captions, masks) x metrics

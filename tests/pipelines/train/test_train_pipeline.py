@@ -10,9 +10,10 @@ import pytest
 from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog
 from kedro.runner import SequentialRunner
+from project_conf import section
 
-from ica_captioning.model import load_captioner, resolve_config
-from ica_captioning.model.trainer import deep_merge
+from ica_captioning.model import load_captioner
+from ica_captioning.params import ParameterError, TrainParams, deep_merge
 from ica_captioning.pipelines.train.pipeline import create_pipeline, create_training_pipeline
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -32,21 +33,19 @@ def _loader(env: str = "local") -> OmegaConfigLoader:
 
 def test_parameters_resolve_for_both_variants_and_gpu_env():
     params = _loader()["parameters"]
-    base = resolve_config(params["train"], params["baseline"]["train_overrides"])
-    ica = resolve_config(params["train"], params["ica"]["train_overrides"])
-    assert base["lambda_aux"] == 0.0 and ica["lambda_aux"] == 0.1
-    assert {k: v for k, v in base.items() if k != "lambda_aux"} == {
-        k: v for k, v in ica.items() if k != "lambda_aux"
-    }
+    base = TrainParams.resolve(params["train"], params["baseline"]["train_overrides"])
+    ica = TrainParams.resolve(params["train"], params["ica"]["train_overrides"])
+    assert base.lambda_aux == 0.0 and ica.lambda_aux == 0.1
+    assert base.replace(lambda_aux=0.1) == ica  # the variants differ in λ only
     gpu = _loader("gpu")["parameters"]["train"]
-    cfg = resolve_config(gpu, {})
-    assert cfg["device"] == "cuda" and cfg["amp"] is True
-    assert cfg["encoder"]["backbone"] == "resnet101"
+    cfg = TrainParams.resolve(gpu, {})
+    assert cfg.device == "cuda" and cfg.amp is True
+    assert cfg.encoder.backbone == "resnet101"
     # Soft merge: keys the gpu env does not set survive.
-    assert cfg["lambda_aux"] == 0.1 and cfg["alpha_c"] == 1.0
-    assert cfg["encoder"]["grid_size"] == 14
-    with pytest.raises(ValueError, match="unknown train parameters"):
-        resolve_config(params["train"], {"lamda_aux": 0.0})
+    assert cfg.lambda_aux == 0.1 and cfg.alpha_c == 1.0
+    assert cfg.encoder.grid_size == 14
+    with pytest.raises(ParameterError, match="train.lamda_aux: unknown key"):
+        TrainParams.resolve(params["train"], {"lamda_aux": 0.0})
 
 
 def test_catalog_factories_resolve_versioned_outputs():
@@ -94,7 +93,7 @@ def test_pipeline_trains_both_variants_on_tiny_dataset(tmp_path):
     for name in ("images", "encoded_captions", "pseudo_labels", "vocabulary"):
         catalog[name] = data[name]
     catalog["params:train"] = train
-    catalog["params:dataset"] = {"images_dir": data["images_dir"]}
+    catalog["params:dataset"] = section("dataset", images_dir=data["images_dir"])
     catalog["params:baseline.train_overrides"] = params["baseline"]["train_overrides"]
     catalog["params:ica.train_overrides"] = params["ica"]["train_overrides"]
     SequentialRunner().run(create_training_pipeline(), catalog)

@@ -1,7 +1,12 @@
-"""Thin node functions of the ``detection`` pipeline (logic in :mod:`ica_captioning.detection`)."""
+"""Thin node functions of the ``detection`` pipeline (logic in :mod:`ica_captioning.detection`).
+
+Each node parses its parameter sections once (:mod:`ica_captioning.params`) and passes typed
+values on; every value comes from conf/base/parameters*.yml.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
@@ -13,50 +18,61 @@ from ica_captioning.detection import (
     run_sharded,
     validate_images_table,
 )
+from ica_captioning.params import DatasetParams, DetectionParams
 
 
 def detect_shards(
-    images: pd.DataFrame, dataset: dict[str, Any], detection: dict[str, Any]
+    images: pd.DataFrame, dataset: Mapping[str, Any], detection: Mapping[str, Any]
 ) -> pd.DataFrame:
     """Run the configured backend over this process's shards, skipping finished ones.
 
     Args:
         images: the ``images`` table.
-        dataset: ``dataset`` parameters (``images_dir``, ``instances``).
-        detection: ``detection`` parameters.
+        dataset: ``params:dataset`` (``images_dir``, ``instances``).
+        detection: ``params:detection``.
 
     Returns:
         Progress report, one row per shard (``shard``, ``status``, ``run_dir``, ...).
+
+    Raises:
+        ParameterError: a parameter is missing, unknown or of the wrong type.
     """
+    data = DatasetParams.parse(dataset, "dataset")
+    params = DetectionParams.parse(detection, "detection")
     images = validate_images_table(images)
-    records = image_records(images, dataset.get("images_dir", "."))
-    backend = make_backend(detection, dataset, images)
+    records = image_records(images, data.images_dir)
+    backend = make_backend(params, data, images)
     return run_sharded(
         backend,
         records,
-        shards_dir=detection.get("shards_dir", "data/02_intermediate/detection_shards"),
-        shard_size=int(detection.get("shard_size", 512)),
-        shard_index=int(detection.get("shard_index", 0)),
-        num_shards=int(detection.get("num_shards", 1)),
-        progress=bool(detection.get("progress", True)),
+        params.shards_dir,
+        shard_size=params.shard_size,
+        shard_index=params.shard_index,
+        num_shards=params.num_shards,
+        progress=params.progress,
     )
 
 
 def merge_detection_shards(
     images: pd.DataFrame,
     progress: pd.DataFrame,
-    dataset: dict[str, Any],
-    detection: dict[str, Any],
+    dataset: Mapping[str, Any],
+    detection: Mapping[str, Any],
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Merge every shard of the run into ``detections`` and ``detection_quarantine``.
 
     Args:
         images: the ``images`` table.
         progress: report of :func:`detect_shards` (gives the run folder).
-        dataset: ``dataset`` parameters.
-        detection: ``detection`` parameters.
+        dataset: ``params:dataset``.
+        detection: ``params:detection``.
+
+    Raises:
+        ParameterError: a parameter is missing, unknown or of the wrong type.
     """
+    data = DatasetParams.parse(dataset, "dataset")
+    params = DetectionParams.parse(detection, "detection")
     images = validate_images_table(images)
-    records = image_records(images, dataset.get("images_dir", "."))
+    records = image_records(images, data.images_dir)
     folder = progress["run_dir"].iat[0]
-    return merge_shards(folder, records, int(detection.get("shard_size", 512)))
+    return merge_shards(folder, records, params.shard_size)

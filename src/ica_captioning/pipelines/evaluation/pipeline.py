@@ -7,9 +7,15 @@ import warnings
 from kedro.pipeline import Node, Pipeline
 
 from ica_captioning.pipelines.evaluation import nodes
+from ica_captioning.variants import BASELINE, ICA, VARIANTS
 
-#: Train namespaces evaluated (their ``<variant>.model`` bundles).
-VARIANTS = ("baseline", "ica")
+
+def _per_variant(*names: str) -> list[str]:
+    """Namespaced dataset names: each of ``names`` of the baseline, then of the +ICA model.
+
+    The shared nodes take the baseline's inputs first, then the +ICA model's.
+    """
+    return [f"{variant}.{name}" for variant in (BASELINE, ICA) for name in names]
 
 
 def _decode_pipeline() -> Pipeline:
@@ -94,8 +100,7 @@ def _shared_pipeline() -> Pipeline:
             Node(
                 nodes.compute_caption_metrics,
                 inputs=[
-                    "baseline.generated_captions",
-                    "ica.generated_captions",
+                    *_per_variant("generated_captions"),
                     "evaluation_references",
                     "evaluation_object_truth",
                     "params:dataset",
@@ -109,10 +114,7 @@ def _shared_pipeline() -> Pipeline:
             Node(
                 nodes.compute_grounding_metrics,
                 inputs=[
-                    "baseline.generated_captions",
-                    "baseline.reference_attention",
-                    "ica.generated_captions",
-                    "ica.reference_attention",
+                    *_per_variant("generated_captions", "reference_attention"),
                     "pseudo_labels",
                     "evaluation_object_grids",
                     "params:dataset",
@@ -132,8 +134,7 @@ def _shared_pipeline() -> Pipeline:
             Node(
                 nodes.plot_attention,
                 inputs=[
-                    "baseline.generated_captions",
-                    "ica.generated_captions",
+                    *_per_variant("generated_captions"),
                     "evaluation_images",
                     "params:dataset",
                     "params:evaluation",
@@ -143,7 +144,7 @@ def _shared_pipeline() -> Pipeline:
             ),
             Node(
                 nodes.plot_training_curves,
-                inputs=["baseline.training_history", "ica.training_history"],
+                inputs=_per_variant("training_history"),
                 outputs="training_curves",
                 name="plot_training_curves",
             ),

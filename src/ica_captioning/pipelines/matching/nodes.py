@@ -1,32 +1,42 @@
-"""Thin node functions of the ``matching`` pipeline (logic in :mod:`ica_captioning.matching`)."""
+"""Thin node functions of the ``matching`` pipeline (logic in :mod:`ica_captioning.matching`).
+
+The node parses ``params:matching`` once (:mod:`ica_captioning.params`) and passes typed values
+on; every value comes from conf/base/parameters_matching.yml.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
 
 from ica_captioning.matching.lexicon import Lexicon
 from ica_captioning.matching.pseudo_labels import build_pseudo_labels
+from ica_captioning.params import MatchingParams
 
 
 def match_captions(
-    captions: pd.DataFrame, detections: pd.DataFrame, matching: dict[str, Any]
+    captions: pd.DataFrame, detections: pd.DataFrame, matching: Mapping[str, Any]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Build ``pseudo_labels`` and ``matching_stats``.
 
     Args:
         captions: the ``captions`` table.
         detections: the ``detections`` table.
-        matching: ``matching`` parameters.
+        matching: ``params:matching``.
+
+    Raises:
+        ParameterError: a parameter is missing, unknown or of the wrong type.
     """
-    lexicon = Lexicon.from_package(matching.get("extra_lexicon") or {})
+    params = MatchingParams.parse(matching, "matching")
+    lexicon = Lexicon.from_package(params.extra_lexicon)
     return build_pseudo_labels(
         captions,
         detections,
         lexicon,
-        score_threshold=float(matching.get("score_threshold", 0.5)),
-        grid_size=int(matching.get("grid_size", 14)),
-        cell_threshold=float(matching.get("cell_threshold", 0.5)),
-        progress=bool(matching.get("progress", True)),
+        score_threshold=params.score_threshold,
+        grid_size=params.grid_size,
+        cell_threshold=params.cell_threshold,
+        progress=params.progress,
     )

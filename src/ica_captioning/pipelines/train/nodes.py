@@ -1,4 +1,4 @@
-"""Thin Kedro nodes around :mod:`ica_captioning.model` (the logic lives there)."""
+"""Thin Kedro nodes around :mod:`ica_captioning.training` (the logic lives there)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from ica_captioning.model import resolve_config, train_captioner
+from ica_captioning.params import DatasetParams, TrainParams
+from ica_captioning.training import train_captioner
 
 logger = logging.getLogger(__name__)
 
@@ -36,21 +37,15 @@ def train_model(
     Returns:
         ``(model bundle {"state_dict", "config", "vocabulary"}, per-epoch history table)``.
     """
-    config = resolve_config(train_params, train_overrides)
-    if not dataset_params or "images_dir" not in dataset_params:
-        raise ValueError("parameter dataset.images_dir is required by the train pipeline")
+    params = TrainParams.resolve(train_params, train_overrides)
+    dataset = DatasetParams.parse(dataset_params, "dataset")
     start = time.perf_counter()
     bundle, history = train_captioner(
-        config,
-        images,
-        encoded_captions,
-        pseudo_labels,
-        vocabulary,
-        dataset_params["images_dir"],
+        params, images, encoded_captions, pseudo_labels, vocabulary, dataset.images_dir
     )
     logger.info(
         "Trained λ_aux=%g for %d epochs in %.1f s",
-        config["lambda_aux"],
+        params.lambda_aux,
         len(history),
         time.perf_counter() - start,
     )

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
-import logging
-
 from kedro.pipeline import Node, Pipeline
 
+from ica_captioning.pipelines.detection import create_pipeline as detection_pipeline
+from ica_captioning.pipelines.ingestion import create_pipeline as ingestion_pipeline
+from ica_captioning.pipelines.matching import create_pipeline as matching_pipeline
 from ica_captioning.pipelines.train import nodes
+from ica_captioning.variants import VARIANTS
 
-logger = logging.getLogger(__name__)
-
-#: Variant namespaces; each reads the shared ``params:train`` and its own
-#: ``params:<variant>.train_overrides`` and writes ``<variant>.model`` and
-#: ``<variant>.training_history``.
-VARIANTS = ("baseline", "ica")
-
-#: Stages whose outputs the train pipeline reads. They are part of ``train`` so that
-#: ``kedro run --pipeline train`` works on a fresh checkout; add ``--only-missing-outputs`` to skip
-#: the stages whose outputs already exist.
-UPSTREAM = ("ingestion", "detection", "matching")
+# Each variant namespace reads the shared ``params:train`` and its own
+# ``params:<variant>.train_overrides`` and writes ``<variant>.model`` and
+# ``<variant>.training_history``.
 
 
 def create_training_pipeline() -> Pipeline:
@@ -63,19 +56,13 @@ def create_training_pipeline() -> Pipeline:
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    """The train pipeline with the stages it depends on.
+    """The train pipeline with the stages it reads from.
+
+    The upstream stages are part of ``train`` so that ``kedro run --pipeline train`` works on a
+    fresh checkout; add ``--only-missing-outputs`` to skip those whose outputs already exist.
 
     Returns:
-        ``ingestion + detection + matching`` (those present) plus both training variants.
+        ``ingestion + detection + matching`` plus both training variants.
     """
-    pipe = create_training_pipeline()
-    for stage in UPSTREAM:
-        try:
-            module = importlib.import_module(f"ica_captioning.pipelines.{stage}.pipeline")
-        except ModuleNotFoundError as err:
-            if err.name and err.name.startswith(f"ica_captioning.pipelines.{stage}"):
-                logger.debug("stage %s not available; train pipeline runs without it", stage)
-                continue
-            raise
-        pipe = module.create_pipeline() + pipe
-    return pipe
+    upstream = ingestion_pipeline() + detection_pipeline() + matching_pipeline()
+    return upstream + create_training_pipeline()

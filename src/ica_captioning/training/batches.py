@@ -1,4 +1,4 @@
-"""Training data: caption tables + pseudo-labels → padded, batched tensors.
+"""Training data: caption tables + pseudo-labels → padded, batched tensors, and batch order.
 
 Captions of one split are held as a padded id matrix; pseudo-labels as a CSR-style index
 (per caption a range of rows in packed-bit grids), so a batch of any size is assembled with a
@@ -17,6 +17,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ica_captioning.data.tables import require_columns
+from ica_captioning.model.images import preprocess_images
+from ica_captioning.tokens import PAD_ID
+
 logger = logging.getLogger(__name__)
 
 
@@ -29,7 +33,7 @@ class CaptionSet:
         image_rows: ``[N_img]`` rows of these images in the feature source.
         cap_image: ``[N_cap]`` index into ``image_ids`` of each caption's image.
         caption_ids: ``[N_cap]`` int64.
-        ids: ``[N_cap, T_max]`` int64 ``[<start>, w…, <end>]`` padded with 0.
+        ids: ``[N_cap, T_max]`` int64 ``[<start>, w…, <end>]`` padded with ``PAD_ID``.
         lengths: ``[N_cap]`` number of ids (words + 2).
         label_offsets: ``[N_cap + 1]`` CSR offsets into the label arrays.
         label_step: ``[P]`` decoder step (= token position) of each pseudo-label.
@@ -85,7 +89,7 @@ class CaptionSet:
         Returns:
             Dict with ``images`` ``[U]`` (rows of the unique images in the feature source),
             ``image_inv`` ``[B]`` (caption → unique image), ``inputs`` ``[B, T]``,
-            ``targets`` ``[B, T]`` (0 = padding), ``ica_targets`` ``[B, T, L]`` bool,
+            ``targets`` ``[B, T]`` (``PAD_ID`` = padding), ``ica_targets`` ``[B, T, L]`` bool,
             ``ica_valid`` ``[B, T]`` bool, ``caption_ids`` ``[B]``; ``T`` = longest caption − 1.
         """
         index = np.asarray(index, dtype=np.int64)
@@ -123,12 +127,6 @@ def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     offsets = np.repeat(np.cumsum(counts) - counts, counts)
     return np.repeat(starts.astype(np.int64), counts) + (np.arange(total) - offsets)
-
-
-def _require(df: pd.DataFrame, name: str, columns: Sequence[str]) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"table {name!r} lacks columns {missing} (see docs/contracts.md)")
 
 
 def check_grid_size(pseudo_labels: pd.DataFrame, grid_size: int) -> None:
@@ -169,7 +167,9 @@ def build_caption_set(
     Returns:
         The caption set (captions ordered by image id, then caption id).
     """
-    _require(encoded_captions, "encoded_captions", ["caption_id", "image_id", "split", "ids"])
+    require_columns(
+        encoded_captions, "encoded_captions", ["caption_id", "image_id", "split", "ids"]
+    )
     caps = encoded_captions[encoded_captions["split"] == split]
     caps = caps.sort_values(["image_id", "caption_id"], kind="stable").reset_index(drop=True)
     if caps.empty:
@@ -188,7 +188,7 @@ def build_caption_set(
     if (lengths < 2).any():
         bad = int(caps["caption_id"].iloc[int(np.argmin(lengths))])
         raise ValueError(f"encoded caption {bad} has fewer than 2 ids (<start> … <end>)")
-    ids = np.zeros((len(seqs), int(lengths.max())), dtype=np.int64)
+    ids = np.full((len(seqs), int(lengths.max())), PAD_ID, dtype=np.int64)
     ids[np.arange(ids.shape[1]) < lengths[:, None]] = np.concatenate(seqs)
     cells = int(grid_size) ** 2
     nbytes = (cells + 7) // 8
@@ -198,7 +198,7 @@ def build_caption_set(
     label_step = np.zeros(0, dtype=np.int64)
     label_grid = np.zeros((0, nbytes), dtype=np.uint8)
     if pseudo_labels is not None and len(pseudo_labels):
-        _require(pseudo_labels, "pseudo_labels", ["caption_id", "token_position", "grid"])
+        require_columns(pseudo_labels, "pseudo_labels", ["caption_id", "token_position", "grid"])
         check_grid_size(pseudo_labels, grid_size)
         pl = pseudo_labels[pseudo_labels["caption_id"].isin(caption_ids)]
         cap_index = pd.Series(np.arange(len(caption_ids)), index=caption_ids)
@@ -256,7 +256,7 @@ def image_table(images: pd.DataFrame, splits: Sequence[str]) -> pd.DataFrame:
     Returns:
         ``image_id, file_path, split`` with a fresh 0..N-1 index.
     """
-    _require(images, "images", ["image_id", "file_path", "split"])
+    require_columns(images, "images", ["image_id", "file_path", "split"])
     table = images[images["split"].isin(list(splits))][["image_id", "file_path", "split"]]
     dup = table["image_id"].duplicated()
     if dup.any():
@@ -270,19 +270,19 @@ class ImageSource:
     Args:
         paths: file paths relative to ``root`` (row order = feature-source rows).
         root: ``dataset.images_dir``.
-        config: model config (for the image size).
+        image_size: side S of the preprocessed images (``train.encoder.image_size``).
     """
 
-    def __init__(self, paths: Sequence[str], root: str | Path, config: Mapping[str, Any]):
+    def __init__(self, paths: Sequence[str], root: str | Path, image_size: int):
         self.paths = list(paths)
         self.root = Path(root)
-        self.config = dict(config)
+        self.image_size = int(image_size)
 
     def __call__(self, rows: torch.Tensor) -> torch.Tensor:
         """Rows ``[U]`` → normalised images ``[U, 3, S, S]``."""
-        from ica_captioning.model.captioner import preprocess_images
-
-        return preprocess_images([self.paths[int(r)] for r in rows], self.config, root=self.root)
+        return preprocess_images(
+            [self.paths[int(r)] for r in rows], self.image_size, root=self.root
+        )
 
 
 class BatchDataset(torch.utils.data.Dataset):
@@ -306,3 +306,48 @@ class BatchDataset(torch.utils.data.Dataset):
         batch = self.captions.batch(self.batches[i])
         batch["pixels"] = self.source(batch["images"])
         return batch
+
+
+def epoch_batches(
+    lengths: np.ndarray,
+    batch_size: int,
+    world: int,
+    rank: int,
+    seed: int,
+    epoch: int,
+    bucket_batches: int,
+) -> list[np.ndarray]:
+    """This rank's share of each global batch of a seeded permutation (same on every rank).
+
+    With ``bucket_batches = k > 0`` the permutation is cut into windows of ``k`` global batches
+    and sorted by caption length inside each window, and the batch order is then shuffled:
+    batches hold captions of similar length, so far fewer padded decoder steps are computed,
+    while the epoch stays a seeded random permutation.
+
+    Args:
+        lengths: ``[N]`` caption lengths.
+        batch_size: captions per batch and process.
+        world: number of processes.
+        rank: this process.
+        seed: run seed.
+        epoch: epoch number (1-based).
+        bucket_batches: window size in global batches (0 = no bucketing).
+
+    Returns:
+        This rank's caption-index arrays, one per step.
+    """
+    rng = np.random.default_rng([int(seed), int(epoch)])
+    perm = rng.permutation(len(lengths))
+    step = batch_size * world
+    if bucket_batches > 0:
+        window = step * int(bucket_batches)
+        perm = np.concatenate(
+            [
+                chunk[np.argsort(lengths[chunk], kind="stable")]
+                for chunk in np.split(perm, range(window, len(perm), window))
+            ]
+        )
+    batches = [perm[i : i + step] for i in range(0, len(perm), step)]
+    if bucket_batches > 0:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return [np.array_split(b, world)[rank] for b in batches]

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ica_captioning.losses.ica import ica_loss
+from ica_captioning.tokens import PAD_ID
+
 
 @dataclass
 class LossTerms:
@@ -34,14 +37,14 @@ def loss_terms(
     ica_targets: torch.Tensor | None,
     ica_valid: torch.Tensor | None,
     compute_ica: bool,
-    mapping: str = "scaled",
+    mapping: str,
 ) -> LossTerms:
     """Unnormalised loss terms of a teacher-forced batch.
 
     Args:
         logits: ``[B, T, V]`` decoder outputs.
         alphas: ``[B, T, L]`` attention maps (step ``t`` predicts ``targets[:, t]``).
-        targets: ``[B, T]`` long next tokens (``ids[:, 1:]``), ``0`` = padding.
+        targets: ``[B, T]`` long next tokens (``ids[:, 1:]``), ``PAD_ID`` = padding.
         ica_targets: ``[B, T, L]`` bool pseudo-label masks, or None.
         ica_valid: ``[B, T]`` bool, which (caption, step) pairs carry a pseudo-label.
         compute_ica: whether to evaluate the ICA term at all (skipped for λ_aux = 0, so the
@@ -51,11 +54,11 @@ def loss_terms(
     Returns:
         The sums and counts.
     """
-    mask = targets != 0  # [B, T] valid (non-padded) steps
+    mask = targets != PAD_ID  # [B, T] valid (non-padded) steps
     ce_sum = F.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]),
         targets.reshape(-1),
-        ignore_index=0,
+        ignore_index=PAD_ID,
         reduction="sum",
     )
     # Doubly stochastic regularisation (Xu et al. eq. 14): each cell should receive a total
@@ -65,8 +68,6 @@ def loss_terms(
     n_pairs = 0
     ica_sum = None
     if compute_ica and ica_targets is not None and ica_valid is not None:
-        from ica_captioning.losses import ica_loss  # imported lazily: another module owns it
-
         valid = ica_valid & mask
         n_pairs = int(valid.sum())
         ica_sum = ica_loss(alphas, ica_targets, valid, mapping=mapping, reduction="sum")

@@ -1,0 +1,152 @@
+"""A training job: the caption sets, the feature source and the paths of one run, prepared once.
+
+:func:`ica_captioning.training.launch.train_captioner` prepares one with :func:`prepare_job`
+and runs it in this process or in several DDP processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ica_captioning.model.captioner import build_captioner
+from ica_captioning.model.features import build_feature_cache
+from ica_captioning.params import TrainParams
+from ica_captioning.training.batches import (
+    CaptionSet,
+    ImageSource,
+    build_caption_set,
+    check_grid_size,
+    image_table,
+)
+from ica_captioning.training.checkpoint import checkpoint_path
+from ica_captioning.training.devices import resolve_device
+
+#: Settings that change what is trained; a checkpoint is only resumed under the same values.
+RESUME_KEYS = (
+    "seed",
+    "lambda_aux",
+    "alpha_c",
+    "ica_mapping",
+    "encoder",
+    "decoder",
+    "batch_size",
+    "bucket_batches",
+    "lr",
+    "encoder_lr",
+    "weight_decay",
+    "lr_schedule",
+    "grad_clip",
+    "max_train_images",
+)
+
+
+@dataclass
+class TrainJob:
+    """Everything a (possibly spawned) training worker needs — picklable."""
+
+    params: TrainParams
+    vocabulary: dict[str, Any]
+    train_set: CaptionSet
+    val_set: CaptionSet | None
+    source: Any  # rows [U] -> images [U, 3, S, S] or cached features [U, L, D]
+    cached: bool
+    checkpoint: Path
+    result_path: str | None = None
+    val_references: dict[int, list[str]] = field(default_factory=dict)
+
+
+def run_key(params: TrainParams, train_set: CaptionSet) -> str:
+    """Checkpoint key: the training-relevant settings plus a fingerprint of the training data."""
+    data = hashlib.sha256()
+    data.update(train_set.caption_ids.tobytes())
+    data.update(train_set.ids.tobytes())
+    data.update(train_set.label_step.tobytes())
+    data.update(train_set.label_grid.tobytes())
+    settings = params.to_dict()
+    key = {"cfg": {k: settings[k] for k in RESUME_KEYS}, "data": data.hexdigest()}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prepare_job(
+    params: TrainParams,
+    images: pd.DataFrame,
+    encoded_captions: pd.DataFrame,
+    pseudo_labels: pd.DataFrame | None,
+    vocabulary: Mapping[str, Any],
+    images_dir: str | os.PathLike,
+) -> TrainJob:
+    """Build caption sets, the feature source (cache when the encoder is frozen) and paths.
+
+    Args:
+        params: the variant's train settings.
+        images: ``images`` table.
+        encoded_captions: ``encoded_captions`` table.
+        pseudo_labels: ``pseudo_labels`` table (None or empty: no ICA targets).
+        vocabulary: ``{"itos": [...], ...}``.
+        images_dir: ``dataset.images_dir``.
+
+    Returns:
+        The job description.
+    """
+    grid = params.encoder.grid_size
+    if pseudo_labels is not None:
+        check_grid_size(pseudo_labels, grid)
+    table = image_table(images, ["train", "val"])
+    rows = dict(zip(table["image_id"].astype(int), range(len(table))))
+    train_set = build_caption_set(encoded_captions, pseudo_labels, "train", rows, grid)
+    train_set = train_set.subset_images(params.max_train_images)
+    val_set = None
+    if (encoded_captions["split"] == "val").any():
+        val_set = build_caption_set(encoded_captions, pseudo_labels, "val", rows, grid)
+        val_set = val_set.subset_images(params.val_max_images)
+    used = [train_set.image_rows, val_set.image_rows if val_set else []]
+    needed = np.unique(np.concatenate(used).astype(np.int64))
+    # Remap to the images actually used, so the cache holds nothing else.
+    remap = np.full(len(table), -1, dtype=np.int64)
+    remap[needed] = np.arange(len(needed))
+    train_set.image_rows = remap[train_set.image_rows]
+    if val_set is not None:
+        val_set.image_rows = remap[val_set.image_rows]
+    ids = table["image_id"].to_numpy(np.int64)[needed]
+    paths = table["file_path"].astype(str).to_numpy()[needed].tolist()
+    cache = params.feature_cache
+    if params.encoder.fine_tune_blocks == 0 and cache.enabled:
+        model = build_captioner(params, len(vocabulary["itos"]))
+        source = build_feature_cache(
+            model.encoder,
+            params.encoder,
+            ids,
+            paths,
+            images_dir,
+            cache.dir,
+            dtype=cache.dtype,
+            batch_size=cache.batch_size,
+            device=resolve_device(params.device, 0),
+        )
+        cached = True
+    else:
+        source, cached = ImageSource(paths, images_dir, params.encoder.image_size), False
+    itos = vocabulary["itos"]
+    refs: dict[int, list[str]] = {}
+    if val_set is not None:
+        for img, row, n in zip(val_set.cap_image, val_set.ids, val_set.lengths):
+            refs.setdefault(int(img), []).append(" ".join(itos[t] for t in row[1 : n - 1]))
+    return TrainJob(
+        params=params,
+        vocabulary=dict(vocabulary),
+        train_set=train_set,
+        val_set=val_set,
+        source=source,
+        cached=cached,
+        checkpoint=checkpoint_path(params, run_key(params, train_set)),
+        val_references=refs,
+    )
