@@ -97,13 +97,14 @@ def main() -> None:
 
     try:
         from ica_captioning.model.captioner import build_captioner
+        from ica_captioning.params.conf import model_params
 
-        config = {
-            "encoder": {"grid_size": args.grid},
-            "decoder": {"attention_dim": args.attention_dim, "hidden_dim": args.hidden_dim},
-        }
+        config = model_params(
+            encoder={"grid_size": args.grid},
+            decoder={"attention_dim": args.attention_dim, "hidden_dim": args.hidden_dim},
+        )
         model = build_captioner(config, vocab_size=args.vocab).eval().to(args.device)
-        what = f"random-init ica_captioning.model captioner {config}"
+        what = f"random-init ica_captioning.model captioner {config.to_dict()}"
         g = model.grid_size
         images = torch.randn(args.images, 3, 128, 128, device=args.device)
         with torch.inference_mode():

@@ -22,8 +22,9 @@ import time
 
 import torch
 
+from ica_captioning.losses.training import combine, loss_terms
 from ica_captioning.model.decoder import AttentionDecoder
-from ica_captioning.model.loss import combine, loss_terms
+from ica_captioning.params.conf import load_parameters
 
 
 def make_batch(args: argparse.Namespace, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -77,12 +78,13 @@ def main() -> None:
     for lam in (0.0, 0.1):
         torch.manual_seed(0)
         models[lam] = AttentionDecoder(
-            args.vocab_size,
-            args.feature_dim,
-            args.embed_dim,
-            args.hidden_dim,
-            args.attention_dim,
+            vocab_size=args.vocab_size,
+            feature_dim=args.feature_dim,
+            embed_dim=args.embed_dim,
+            hidden_dim=args.hidden_dim,
+            attention_dim=args.attention_dim,
             dropout=0.3,
+            attention_init_scale=load_parameters()["train"]["decoder"]["attention_init_scale"],
         ).to(device)
         opts[lam] = torch.optim.Adam(models[lam].parameters(), lr=1e-3)
 
@@ -99,7 +101,8 @@ def main() -> None:
             batch["targets"],
             batch["ica_targets"],
             batch["ica_valid"],
-            compute_ica=lam != 0.0,
+            lam != 0.0,
+            "log",
         )
         loss, _ = combine(terms, 1.0, lam)
         opt.zero_grad(set_to_none=True)

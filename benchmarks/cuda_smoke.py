@@ -80,20 +80,10 @@ def loss_checks(dev: torch.device) -> None:
 def beam_checks(dev: torch.device) -> None:
     from ica_captioning.decoding.beam_search import beam_search
     from ica_captioning.model import build_captioner
+    from ica_captioning.params.conf import model_params
     from ica_captioning.tokens import END_ID, PAD_ID, START_ID
 
-    cfg = {
-        "encoder": {
-            "backbone": "resnet18",
-            "weights": "none",
-            "layer": "layer2",
-            "grid_size": 14,
-            "image_size": 128,
-            "fine_tune_blocks": 0,
-            "init_seed": 0,
-        },
-        "decoder": {"embed_dim": 64, "hidden_dim": 256, "attention_dim": 128, "dropout": 0.0},
-    }
+    cfg = model_params(decoder={"dropout": 0.0})  # conf/base's CPU model
     torch.manual_seed(0)
     model = build_captioner(cfg, vocab_size=90).eval()
     images = torch.randn(64, 3, 128, 128, generator=torch.Generator().manual_seed(1))

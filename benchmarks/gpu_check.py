@@ -33,9 +33,11 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from ica_captioning.model import build_captioner, load_captioner, train_captioner
-from ica_captioning.model.loss import combine, loss_terms
-from ica_captioning.model.trainer import resolve_config
+from ica_captioning.losses.training import combine, loss_terms
+from ica_captioning.model import build_captioner, load_captioner
+from ica_captioning.params import TrainParams, deep_merge
+from ica_captioning.params.conf import load_parameters
+from ica_captioning.training import train_captioner
 
 FAILURES: list[str] = []
 
@@ -65,9 +67,16 @@ def model_config(args: argparse.Namespace) -> dict:
     }
 
 
+def train_params(args: argparse.Namespace, **overrides) -> TrainParams:
+    """conf/base's train settings with this check's model and ``overrides``."""
+    return TrainParams.resolve(
+        load_parameters()["train"], deep_merge(model_config(args), overrides)
+    )
+
+
 def step_benchmark(args: argparse.Namespace, device: torch.device, amp: torch.dtype | None):
     vocab = 100
-    cfg = model_config(args)
+    cfg = train_params(args)
     b, s, g = args.batch_size, args.image_size, 14
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(b, 3, s, s, generator=gen).to(device)
@@ -97,7 +106,7 @@ def step_benchmark(args: argparse.Namespace, device: torch.device, amp: torch.dt
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             logits, alphas = m(images=images, inputs=ids[:, :-1])
-        terms = loss_terms(logits, alphas, ids[:, 1:], tg, valid, compute_ica=True)
+        terms = loss_terms(logits, alphas, ids[:, 1:], tg, valid, True, cfg.ica_mapping)
         loss, parts = combine(terms, 1.0, lam)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -194,22 +203,20 @@ def trainer_end_to_end(args: argparse.Namespace, device: torch.device) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = tiny_tables(root / "data", args.e2e_images, args.image_size)
-        cfg = resolve_config(
-            {
-                **model_config(args),
-                "device": device.type,
-                "epochs": 1,
-                "batch_size": args.batch_size,
-                "lr": 4e-4,
-                "amp": device.type == "cuda",
-                "amp_dtype": "bfloat16",
-                "num_workers": 2,
-                "pin_memory": device.type == "cuda",
-                "checkpoint_dir": str(root / "ckpt"),
-                "feature_cache": {"dir": str(root / "cache")},
-                "val_max_images": 16,
-                "progress_bar": False,
-            }
+        cfg = train_params(
+            args,
+            device=device.type,
+            epochs=1,
+            batch_size=args.batch_size,
+            lr=4e-4,
+            amp=device.type == "cuda",
+            amp_dtype="bfloat16",
+            num_workers=2,
+            pin_memory=device.type == "cuda",
+            checkpoint_dir=str(root / "ckpt"),
+            feature_cache={"dir": str(root / "cache")},
+            val_max_images=16,
+            progress_bar=False,
         )
         t0 = time.perf_counter()
         bundle, hist = train_captioner(

@@ -6,19 +6,15 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from kedro.config import OmegaConfigLoader
-
-from ica_captioning import settings
 from ica_captioning.params import deep_merge
+from ica_captioning.params.conf import load_parameters, model_params  # noqa: F401
 
 PROJECT = Path(__file__).resolve().parents[1]
 
 
 @functools.cache
 def _load(env: str) -> dict[str, Any]:
-    args = {k: v for k, v in settings.CONFIG_LOADER_ARGS.items() if k != "default_run_env"}
-    loader = OmegaConfigLoader(conf_source=str(PROJECT / "conf"), env=env, **args)
-    return dict(loader["parameters"])
+    return load_parameters(env, PROJECT / "conf")
 
 
 def conf_params(env: str = "base") -> dict[str, Any]:
@@ -26,22 +22,9 @@ def conf_params(env: str = "base") -> dict[str, Any]:
     return deep_merge(_load(env), {})
 
 
-def section(name: str, env: str = "base", **overrides: Any) -> dict[str, Any]:
+def section(name: str, env: str = "base", /, **overrides: Any) -> dict[str, Any]:
     """One section (``train``, ``evaluation`` …) of conf/<env> with single keys overridden."""
     return deep_merge(conf_params(env)[name], overrides)
-
-
-def model_params(encoder: dict | None = None, decoder: dict | None = None):
-    """conf/base's encoder and decoder settings with single keys overridden (``ModelParams``)."""
-    from ica_captioning.params import ModelParams
-
-    train = section("train")
-    return ModelParams.of(
-        {
-            "encoder": deep_merge(train["encoder"], encoder),
-            "decoder": deep_merge(train["decoder"], decoder),
-        }
-    )
 
 
 def encoder_kwargs(**overrides: Any) -> dict[str, Any]:

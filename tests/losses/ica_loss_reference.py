@@ -33,7 +33,7 @@ def lovasz_hinge_pair(scores: Sequence[float], target: Sequence[bool]) -> float:
 
 
 def map_scores(alpha: Sequence[float], mapping: str, log_eps: float = 1e-6) -> list[float]:
-    """The score mappings of DESIGN.md, written out per cell."""
+    """The score mappings of docs/design.md, written out per cell."""
     num_cells = len(alpha)
     if mapping == "scaled":
         return [2.0 * num_cells * float(a) - 1.0 for a in alpha]

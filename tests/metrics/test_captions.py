@@ -66,7 +66,7 @@ def test_ptb_tokenize_keeps_alignment_with_line_breaks_inside_captions():
 def test_caption_metrics_equal_pycocoevalcap_scorers():
     meteor = Meteor()  # one JVM (~10 s to load its paraphrase table) shared by both sides
     expected = coco_reference_scores(meteor)
-    with cm.CaptionScorer(spice=False) as scorer:
+    with cm.CaptionScorer(spice=False, meteor=True) as scorer:
         scorer._meteor_scorer = meteor
         table = scorer.score(REFERENCES, CANDIDATES)
     assert meteor.meteor_p.poll() is not None  # close() stopped the JVM
@@ -137,7 +137,7 @@ def test_spice_row_reports_reason_and_rest_is_complete(monkeypatch):
 
 def test_without_java_metrics_degrade_with_reasons(monkeypatch):
     monkeypatch.setattr(cm, "java_major_version", lambda: None)
-    table = cm.caption_metrics(REFERENCES, CANDIDATES).set_index("metric")
+    table = cm.caption_metrics(REFERENCES, CANDIDATES, spice=True, meteor=True).set_index("metric")
     assert table.loc["METEOR", "status"].startswith("unavailable")
     assert "java not found" in table.loc["METEOR", "reason"]
     assert table.loc["SPICE", "status"].startswith("unavailable")

@@ -62,6 +62,9 @@ def decode_split(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Generate captions for ``images`` and teacher-force their ``references``.
 
+    The decoding settings have no defaults here: their values are ``evaluation.*`` in
+    conf/base/parameters_evaluation.yml.
+
     Args:
         model: captioner (contract interface) with ``config`` and ``vocabulary`` (as returned
             by ``ica_captioning.model.load_captioner``).

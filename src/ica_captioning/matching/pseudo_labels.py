@@ -18,6 +18,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ica_captioning.data.tables import require_columns
+from ica_captioning.data.text import as_tokens
 from ica_captioning.detection.rle import union_rle
 from ica_captioning.matching.grid import (
     binarize_fractions,
@@ -46,10 +47,9 @@ class MatchingInputError(ValueError):
 
 
 def _token_list(tokens: Any, caption_id: Any) -> list[str]:
-    if isinstance(tokens, np.ndarray):
-        return tokens.tolist()
-    if isinstance(tokens, (list, tuple)):
-        return list(tokens)
+    """The caption's words as a list; a plain string (an untokenised caption) is an error."""
+    if isinstance(tokens, (np.ndarray, list, tuple)):
+        return as_tokens(tokens)
     raise MatchingInputError(
         f"captions: caption_id {caption_id} has tokens of type {type(tokens).__name__}, "
         "expected a list of strings"

@@ -218,11 +218,13 @@ class CaptionScorer:
     Use as a context manager (or call :meth:`close`) so the METEOR JVM is stopped.
 
     Args:
-        spice: try SPICE (still reported unavailable, with the reason, when it cannot run).
-        meteor: compute METEOR (it starts a JVM that loads a paraphrase table, ~10 s).
+        spice: try SPICE (still reported unavailable, with the reason, when it cannot run);
+            ``evaluation.metrics.spice``.
+        meteor: compute METEOR (it starts a JVM that loads a paraphrase table, ~10 s);
+            ``evaluation.metrics.meteor``.
     """
 
-    def __init__(self, spice: bool = True, meteor: bool = True):
+    def __init__(self, *, spice: bool, meteor: bool) -> None:
         self.spice = spice
         self.meteor = meteor
         self._meteor_scorer: Any = None
@@ -339,10 +341,21 @@ class CaptionScorer:
 def caption_metrics(
     references: Mapping[Any, Sequence[str]],
     candidates: Mapping[Any, str],
-    spice: bool = True,
-    meteor: bool = True,
+    *,
+    spice: bool,
+    meteor: bool,
 ) -> pd.DataFrame:
-    """One-shot :meth:`CaptionScorer.score` (starts and stops its own METEOR process)."""
+    """One-shot :meth:`CaptionScorer.score` (starts and stops its own METEOR process).
+
+    Args:
+        references: image id -> raw reference captions (at least one each).
+        candidates: image id -> one raw generated caption; same keys as ``references``.
+        spice: try SPICE (see :class:`CaptionScorer`).
+        meteor: compute METEOR (see :class:`CaptionScorer`).
+
+    Returns:
+        The metrics table of :meth:`CaptionScorer.score`.
+    """
     with CaptionScorer(spice=spice, meteor=meteor) as scorer:
         return scorer.score(references, candidates)
 

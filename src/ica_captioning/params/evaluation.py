@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ica_captioning.params.base import Params
 from ica_captioning.params.types import Device, Fraction, NonNegativeInt, PositiveInt
@@ -56,3 +56,11 @@ class EvaluationParams(Params):
     grounding: GroundingParams
     chair: ChairParams
     figures: FiguresParams
+
+    @field_validator("run_id", mode="before")
+    @classmethod
+    def _run_id_as_text(cls, value: object) -> object:
+        # `--params evaluation.run_id=42` arrives as a number; a run id is a label.
+        return (
+            str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+        )

@@ -15,6 +15,8 @@ import pytest
 import torch
 from project_conf import model_params, section
 
+from ica_captioning.variants import VARIANTS
+
 GRID = 4
 MODEL_CONFIG = model_params(
     encoder={"grid_size": GRID, "image_size": 64, "layer": "layer2"},
@@ -62,7 +64,7 @@ def eval_inputs(tmp_path_factory) -> dict:
         score_threshold=0.5, grid_size=GRID, cell_threshold=0.5, progress=False,
     )  # fmt: skip
     bundles = {}
-    for seed, variant in enumerate(("baseline", "ica")):
+    for seed, variant in enumerate(VARIANTS):
         torch.manual_seed(seed)
         model = build_captioner(MODEL_CONFIG, vocab_size=len(vocab.itos))
         bundles[variant] = make_bundle(model, MODEL_CONFIG, vocab.to_json())

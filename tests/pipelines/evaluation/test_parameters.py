@@ -6,7 +6,7 @@ from ica_captioning.pipelines.evaluation import nodes as ev
 
 
 def test_gpu_environment_changes_single_keys():
-    base, gpu = section("evaluation"), section("evaluation", env="gpu")
+    base, gpu = section("evaluation"), section("evaluation", "gpu")
     assert gpu["device"] == "cuda"
     changed = {k for k in base if base[k] != gpu[k]}
     assert changed == {"device", "batch_size", "beam_size", "progress"}

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 
 def _lexicon(matching: MatchingParams) -> Lexicon:
+    """The package lexicon with ``matching.extra_lexicon`` (the words the matching stage used)."""
     return Lexicon.from_package(matching.extra_lexicon)
 
 
