@@ -254,3 +254,37 @@ def test_bad_image_state_slots_raise(toy_decoder, toy_features):
     toy_decoder.image_state_slots = (5,)
     with pytest.raises(ValueError, match="image_state_slots"):
         run(toy_decoder, toy_features, beam_size=2, max_len=3)
+
+
+class _TwoHeadDecoder(ToyDecoder):
+    """The toy decoder with a second attention head (uniform): step returns ``[R, 2, L]``."""
+
+    def step(self, features, tokens, state):
+        logits, alpha, state = super().step(features, tokens, state)
+        uniform = torch.full_like(alpha, 1.0 / alpha.shape[-1])
+        return logits, torch.stack([alpha, uniform], dim=1), state
+
+
+def test_multi_head_attention_is_head_averaged_by_every_consumer(toy_features):
+    from ica_captioning.decoding.greedy import greedy_decode
+
+    one, two = ToyDecoder(vocab=7, dim=5, seed=3), _TwoHeadDecoder(vocab=7, dim=5, seed=3)
+    kw = dict(beam_size=3, max_len=6, start_id=START_ID, end_id=END_ID, pad_id=PAD_ID)
+    ref, got = (
+        beam_search_features(one, toy_features, **kw),
+        beam_search_features(two, toy_features, **kw),
+    )
+    assert torch.equal(ref.tokens, got.tokens)  # the heads do not change the words
+    uniform = 1.0 / toy_features.shape[1]
+    words = torch.arange(ref.alphas.shape[1]) < ref.lengths[:, None]  # [B, T] steps with a word
+    expected = (ref.alphas + uniform) / 2 * words.unsqueeze(-1)
+    torch.testing.assert_close(got.alphas, expected)
+    ids = torch.tensor([[START_ID, 4, 5, END_ID]] * toy_features.shape[0])
+    tf_one, tf_two = (
+        teacher_forced_alphas(one, toy_features, ids),
+        teacher_forced_alphas(two, toy_features, ids),
+    )
+    torch.testing.assert_close(tf_two, (tf_one + uniform) / 2)
+    _, g_one, _ = greedy_decode(one, toy_features, max_len=4)
+    _, g_two, _ = greedy_decode(two, toy_features, max_len=4)
+    torch.testing.assert_close(g_two, (g_one + uniform) / 2)

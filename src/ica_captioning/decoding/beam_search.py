@@ -1,10 +1,12 @@
-"""Batched beam search over images *and* beams for the Show-Attend-Tell decoder interface.
+"""Batched beam search over images *and* beams for any decoder of the protocol.
 
-The decoder interface (``docs/contracts.md``)::
+The decoder protocol (``docs/contracts.md``, :mod:`ica_captioning.model.protocol`)::
 
     state = decoder.init_state(features)                    # features [N, L, D]
     logits, alpha, state = decoder.step(features, tokens, state)
-    # tokens [N] long -> logits [N, V], alpha [N, L], state (tuple, batch dim first)
+    # tokens [N] long -> logits [N, V], alpha [N, L] or [N, H, L], state (batch dim first)
+
+A multi-head attention ``[N, H, L]`` is averaged over heads (one map per word).
 
 Optionally the decoder lists ``image_state_slots``: it then accepts ``features [N, L, D]`` with
 ``tokens [N*K]`` (``K`` consecutive rows per image) and keeps those state slots at ``N`` rows.
@@ -30,26 +32,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from ica_captioning.model.protocol import CaptionDecoder, step_attention
 from ica_captioning.tokens import PAD_ID
 
-
-class StepDecoder(Protocol):
-    """The part of the captioner's decoder beam search needs (see ``docs/contracts.md``)."""
-
-    def init_state(self, features: Tensor) -> tuple[Tensor, ...]:
-        """Initial recurrent state for ``features`` ``[N, L, D]``."""
-        ...
-
-    def step(
-        self, features: Tensor, tokens: Tensor, state: tuple[Tensor, ...]
-    ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-        """One decoding step: ``tokens [N]`` -> ``(logits [N, V], alpha [N, L], state)``."""
-        ...
+#: What beam search needs from a decoder: the decoder protocol (``docs/contracts.md``).
+StepDecoder = CaptionDecoder
 
 
 @dataclass(frozen=True)
@@ -167,6 +159,7 @@ def beam_search_features(
     for t in range(max_len + 1):
         rows_in = batch * width
         logits, alpha, new_state = decoder.step(feats, inputs, state)
+        alpha = step_attention(alpha)  # [R, L] (a multi-head decoder's [R, H, L] head-averaged)
         if t == 0:
             vocab = logits.shape[-1]
             _check_ids(vocab, start_id=start_id, end_id=end_id, pad_id=pad_id)

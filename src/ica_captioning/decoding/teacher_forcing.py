@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from ica_captioning.decoding.beam_search import StepDecoder
+from ica_captioning.model.protocol import step_attention
 from ica_captioning.tokens import PAD_ID
 
 
@@ -63,6 +64,6 @@ def teacher_forced_alphas(
         if active < state[0].shape[0]:
             state = tuple(s[:active] for s in state)
         _, alpha, state = decoder.step(feats[:active], ids_sorted[:active, t], state)
-        out_sorted[:active, t] = alpha.float()
+        out_sorted[:active, t] = step_attention(alpha).float()  # [n', L]
     out[order] = out_sorted
     return out
