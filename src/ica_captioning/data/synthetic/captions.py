@@ -13,11 +13,13 @@ import numpy as np
 
 from ica_captioning.data.synthetic.world import CATEGORY_IDS, CLASSES, SceneObject
 
+#: Words for the size classes; medium objects get none.
 SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
 
 
 def _article(word: str) -> str:
+    """'a' or 'an' before ``word``."""
     return "an" if word[0] in "aeiou" else "a"
 
 
@@ -29,9 +31,11 @@ class _Phrases:
         self.objects = objects
 
     def pick(self, options: Sequence[str]) -> str:
+        """One of ``options``, uniformly."""
         return options[int(self.rng.integers(len(options)))]
 
     def noun(self, class_name: str, plural: bool) -> str:
+        """The class noun: its plural, or in the singular sometimes a synonym."""
         spec = CLASSES[CATEGORY_IDS[class_name] - 1]
         if plural:
             return spec.plural
@@ -60,6 +64,7 @@ class _Phrases:
         return list(groups.values())
 
     def group(self, members: Sequence[SceneObject], *, colour: bool = True) -> str:
+        """'two red circles', or the single phrase for a group of one."""
         if len(members) == 1:
             return self.single(members[0], colour=colour)
         words = [NUMBER_WORDS[len(members)]]
@@ -69,6 +74,7 @@ class _Phrases:
         return " ".join(words)
 
     def listing(self, groups: Sequence[Sequence[SceneObject]], *, colour: bool = True) -> str:
+        """'a star, two rings and a blue heart'."""
         parts = [self.group(g, colour=colour) for g in groups]
         if len(parts) == 1:
             return parts[0]
@@ -87,6 +93,7 @@ def _relation(a: SceneObject, b: SceneObject, image_size: int) -> str:
 
 
 def _position(obj: SceneObject, image_size: int) -> str:
+    """Where ``obj`` lies in a 3x3 grid over the image ('in the top left corner')."""
     third = image_size / 3
     col = min(int(obj.center[0] // third), 2)
     row = min(int(obj.center[1] // third), 2)
@@ -102,6 +109,7 @@ def _position(obj: SceneObject, image_size: int) -> str:
 
 
 def _sentence(text: str) -> str:
+    """Single spaces, a capital first letter and a full stop."""
     text = " ".join(text.split())
     return text[0].upper() + text[1:] + "."
 

@@ -13,6 +13,7 @@ POLYGON_SHAPES = ("square", "triangle", "star", "heart", "cross", "diamond")
 
 
 def _regular_star(cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    """Five-pointed star, point up: 10 vertices alternating radius ``r`` and ``0.45 r``."""
     points = []
     for k in range(10):
         radius = r if k % 2 == 0 else 0.45 * r
@@ -22,6 +23,7 @@ def _regular_star(cx: float, cy: float, r: float) -> list[tuple[float, float]]:
 
 
 def _heart(cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    """The classic parametric heart curve, sampled at 48 points and scaled to ``r``."""
     t = np.linspace(0.0, 2.0 * math.pi, 48, endpoint=False)
     x = 16 * np.sin(t) ** 3
     y = 13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)
@@ -31,6 +33,7 @@ def _heart(cx: float, cy: float, r: float) -> list[tuple[float, float]]:
 
 
 def _cross(cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    """Plus sign with arms ``0.64 r`` wide (12 vertices)."""
     t = 0.32 * r
     return [
         (cx - t, cy - r), (cx + t, cy - r), (cx + t, cy - t), (cx + r, cy - t),
@@ -40,6 +43,7 @@ def _cross(cx: float, cy: float, r: float) -> list[tuple[float, float]]:
 
 
 def _shape_polygon(class_name: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    """Vertices ``(x, y)`` in pixels of a polygonal class (one of ``POLYGON_SHAPES``)."""
     if class_name == "square":
         s = 0.85 * r
         return [(cx - s, cy - s), (cx + s, cy - s), (cx + s, cy + s), (cx - s, cy + s)]

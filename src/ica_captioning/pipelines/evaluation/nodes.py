@@ -13,11 +13,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
+import torch
 from matplotlib.figure import Figure
 
 from ica_captioning.decoding.runner import decode_split
 from ica_captioning.matching.lexicon import Lexicon
 from ica_captioning.metrics.objects import evaluation_objects
+from ica_captioning.model import load_captioner
 from ica_captioning.params import DatasetParams, EvaluationParams, MatchingParams
 from ica_captioning.reports import evaluation as report
 from ica_captioning.reports.figures import attention_figures, training_curves_figure
@@ -64,11 +66,6 @@ def decode(
         ``(generated_captions, reference_attention)`` (see
         :func:`ica_captioning.decoding.runner.decode_split`).
     """
-    # The model package (torchvision backbones) is imported only where a model is loaded.
-    import torch
-
-    from ica_captioning.model import load_captioner
-
     params = EvaluationParams.parse(evaluation, "evaluation")
     images_dir = DatasetParams.parse(dataset, "dataset").images_dir
     if params.device.startswith("cuda") and not torch.cuda.is_available():
