@@ -58,7 +58,7 @@ def loss_checks(dev: torch.device) -> None:
         )
     with torch.autocast(dev.type, dtype=torch.bfloat16):
         att = (logits.to(dev) @ torch.eye(length, device=dev)).softmax(-1)
-        loss = ica_loss(att, targets.to(dev))
+        loss = ica_loss(att, targets.to(dev), mapping="scaled")
     check(
         "ica_loss under bf16 autocast",
         bool(torch.isfinite(loss)) and loss.dtype == torch.float32,
@@ -66,12 +66,12 @@ def loss_checks(dev: torch.device) -> None:
     )
     att = logits.to(dev).softmax(-1).requires_grad_()
     for _ in range(3):
-        ica_loss(att, targets.to(dev)).backward()
+        ica_loss(att, targets.to(dev), mapping="scaled").backward()
     sync()
     t0 = time.perf_counter()
     reps = 50
     for _ in range(reps):
-        ica_loss(att, targets.to(dev)).backward()
+        ica_loss(att, targets.to(dev), mapping="scaled").backward()
     sync()
     dt = (time.perf_counter() - t0) / reps
     print(f"ica_loss fwd+bwd on GPU, N={n}, L={length}: {dt * 1e3:.2f} ms/step")

@@ -58,14 +58,16 @@ def test_hand_computed_values_scaled_mapping(num_cells, k):
     targets[0, :k] = True
     uniform = torch.full((1, num_cells), 1.0 / num_cells)
     # Uniform: mask cells score 1 (error 0), others −1 → 1 + 1 = 2; ΔJ(background) = (L−k)/L.
-    assert ica_loss(uniform, targets).item() == pytest.approx(2 * (num_cells - k) / num_cells)
+    assert ica_loss(uniform, targets, mapping="scaled").item() == pytest.approx(
+        2 * (num_cells - k) / num_cells
+    )
     # All mass spread on the mask: every mask cell ≥ 1/L, zero elsewhere → perfect, loss 0.
     on_mask = targets.float() / k
-    assert ica_loss(on_mask, targets).item() == 0.0
+    assert ica_loss(on_mask, targets, mapping="scaled").item() == 0.0
     # One-hot on one mask cell: the other k−1 mask cells score −1 (error 2); ΔJ = (k−1)/k.
     one_hot = torch.zeros(1, num_cells)
     one_hot[0, 0] = 1.0
-    assert ica_loss(one_hot, targets).item() == pytest.approx(2 * (k - 1) / k)
+    assert ica_loss(one_hot, targets, mapping="scaled").item() == pytest.approx(2 * (k - 1) / k)
 
 
 def test_raw_attention_is_flat_but_scaled_is_not():
@@ -84,8 +86,8 @@ def test_raw_attention_is_flat_but_scaled_is_not():
     assert raw_pointing == pytest.approx((num_cells - 1) * inv)
     assert abs(raw_uniform - 1) < 0.01 and abs(raw_pointing - 1) < 0.01
     # The scaled mapping separates them: 2(L−k)/L ≈ 2 vs 2(k−1)/k ≈ 1.33, and 0 on the mask.
-    scaled_uniform = ica_loss(uniform, targets).item()
-    assert scaled_uniform - ica_loss(pointing, targets).item() > 0.6
+    scaled_uniform = ica_loss(uniform, targets, mapping="scaled").item()
+    assert scaled_uniform - ica_loss(pointing, targets, mapping="scaled").item() > 0.6
 
 
 def test_raw_attention_gradient_vanishes_through_softmax():
@@ -110,15 +112,19 @@ def test_layouts_and_valid_none_agree():
     valid = torch.from_numpy(rng.random((3, 5)) < 0.6)
     valid[0, 0] = True
     expected = _reference_ica(alpha.numpy(), targets.numpy(), valid.numpy(), "scaled")
-    assert ica_loss(alpha, targets, valid).item() == pytest.approx(expected, rel=1e-6)
+    assert ica_loss(alpha, targets, valid, mapping="scaled").item() == pytest.approx(
+        expected, rel=1e-6
+    )
     # [N, L] layout on the gathered pairs, with and without an all-true validity mask.
     flat_a, flat_t = alpha[valid], targets[valid]
-    assert ica_loss(flat_a, flat_t).item() == pytest.approx(expected, rel=1e-6)
+    assert ica_loss(flat_a, flat_t, mapping="scaled").item() == pytest.approx(expected, rel=1e-6)
     all_valid = torch.ones(flat_a.shape[0], dtype=torch.bool)
-    assert ica_loss(flat_a, flat_t, all_valid).item() == pytest.approx(expected, rel=1e-6)
+    assert ica_loss(flat_a, flat_t, all_valid, mapping="scaled").item() == pytest.approx(
+        expected, rel=1e-6
+    )
     # valid=None on [B, T, L] means every pair.
     every = _reference_ica(alpha.numpy(), targets.numpy(), np.ones((3, 5), bool), "scaled")
-    assert ica_loss(alpha, targets).item() == pytest.approx(every, rel=1e-6)
+    assert ica_loss(alpha, targets, mapping="scaled").item() == pytest.approx(every, rel=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(0, 7), (2, 3, 7), (2, 4, 3, 7)])
@@ -132,7 +138,7 @@ def test_no_valid_pair_gives_zero_with_graph(shape):
         if len(shape) == 3:
             targets = targets.reshape(shape)
         valid = torch.zeros(pair, dtype=torch.bool)
-    loss = ica_loss(attention, targets, valid)
+    loss = ica_loss(attention, targets, valid, mapping="scaled")
     assert loss.item() == 0.0 and loss.requires_grad and loss.dtype == torch.float32
     loss.backward()
     assert attention.grad is not None and torch.equal(attention.grad, torch.zeros(shape))
@@ -147,7 +153,7 @@ def test_sum_and_none_reductions(heads):
     valid = torch.from_numpy(rng.random((3, 4)) < 0.5)
     valid[1, 2] = True
     kwargs = {} if heads is None else {"head_reduction": "per_head"}
-    per_pair = ica_loss(alpha, targets, valid, reduction="none", **kwargs)
+    per_pair = ica_loss(alpha, targets, valid, reduction="none", **kwargs, mapping="scaled")
     assert per_pair.shape == (int(valid.sum()),)
     if heads is None:
         expected = [
@@ -165,16 +171,18 @@ def test_sum_and_none_reductions(heads):
             for b, t in valid.nonzero().tolist()
         ]
     np.testing.assert_allclose(per_pair.numpy(), expected, rtol=1e-5)
-    total = ica_loss(alpha, targets, valid, reduction="sum", **kwargs)
+    total = ica_loss(alpha, targets, valid, reduction="sum", **kwargs, mapping="scaled")
     assert total.item() == pytest.approx(sum(expected), rel=1e-5)
     none_valid = torch.zeros_like(valid)
-    assert ica_loss(alpha, targets, none_valid, reduction="none").shape == (0,)
-    assert ica_loss(alpha, targets, none_valid, reduction="sum").item() == 0.0
+    assert ica_loss(alpha, targets, none_valid, reduction="none", mapping="scaled").shape == (0,)
+    assert ica_loss(alpha, targets, none_valid, reduction="sum", mapping="scaled").item() == 0.0
 
 
 def test_no_valid_pair_is_zero_even_for_non_finite_attention():
     attention = torch.full((2, 3, 5), float("inf"), requires_grad=True)
-    loss = ica_loss(attention, torch.ones(2, 3, 5, dtype=torch.bool), torch.zeros(2, 3).bool())
+    loss = ica_loss(
+        attention, torch.ones(2, 3, 5, dtype=torch.bool), torch.zeros(2, 3).bool(), mapping="scaled"
+    )
     assert loss.item() == 0.0
 
 
@@ -248,21 +256,28 @@ def test_multi_head_reductions():
 
     tg, vd = torch.from_numpy(targets), torch.from_numpy(valid)
     for reduce in ("mean", "max", "per_head"):
-        got = ica_loss(att, tg, vd, head_reduction=reduce).item()
+        got = ica_loss(att, tg, vd, head_reduction=reduce, mapping="scaled").item()
         assert got == pytest.approx(ref(reduce), rel=1e-5), reduce
         # 4-D targets repeated over heads give the same value.
         tg4 = tg.unsqueeze(1).expand(b, h, t, num_cells)
-        assert ica_loss(att, tg4, vd, head_reduction=reduce).item() == pytest.approx(got, rel=1e-6)
+        assert ica_loss(
+            att, tg4, vd, head_reduction=reduce, mapping="scaled"
+        ).item() == pytest.approx(got, rel=1e-6)
     # A single head reduces to the 3-D loss.
-    one = ica_loss(att[:, :1], tg, vd).item()
-    assert one == pytest.approx(ica_loss(att[:, 0], tg, vd).item(), rel=1e-6)
+    one = ica_loss(att[:, :1], tg, vd, mapping="scaled").item()
+    assert one == pytest.approx(ica_loss(att[:, 0], tg, vd, mapping="scaled").item(), rel=1e-6)
 
 
 def test_per_head_masks():
     rng = np.random.default_rng(4)
     alpha = _softmax(rng.normal(size=(1, 2, 2, 6))).astype(np.float32)
     targets = rng.random((1, 2, 2, 6)) < 0.5
-    got = ica_loss(torch.from_numpy(alpha), torch.from_numpy(targets), head_reduction="per_head")
+    got = ica_loss(
+        torch.from_numpy(alpha),
+        torch.from_numpy(targets),
+        head_reduction="per_head",
+        mapping="scaled",
+    )
     expected = np.mean(
         [
             np.mean(
@@ -276,7 +291,12 @@ def test_per_head_masks():
     )
     assert got.item() == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="differ across heads"):
-        ica_loss(torch.from_numpy(alpha), torch.from_numpy(targets), head_reduction="mean")
+        ica_loss(
+            torch.from_numpy(alpha),
+            torch.from_numpy(targets),
+            head_reduction="mean",
+            mapping="scaled",
+        )
 
 
 def test_bf16_under_autocast():
@@ -290,7 +310,7 @@ def test_bf16_under_autocast():
         logits = layer(features)
         assert logits.dtype == torch.bfloat16
         alpha = torch.softmax(logits, dim=-1).to(torch.bfloat16)
-        loss = ica_loss(alpha, targets, valid)
+        loss = ica_loss(alpha, targets, valid, mapping="scaled")
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     # Same value as the float32 computation on the very same (bf16-rounded) weights.
     reference = _reference_ica(
@@ -319,7 +339,7 @@ def test_one_pair():
     alpha = torch.tensor([[0.5, 0.5, 0.0, 0.0]])
     targets = torch.tensor([[True, False, False, False]])
     # scores 3, 3, −1, −1 → errors −2, 4, 0, 0: ΔJ({1}) = 1/2 → loss 4 · 1/2 = 2.
-    assert ica_loss(alpha, targets).item() == pytest.approx(2.0)
+    assert ica_loss(alpha, targets, mapping="scaled").item() == pytest.approx(2.0)
 
 
 @pytest.mark.slow
@@ -329,14 +349,14 @@ def test_very_large_batch_is_fast_and_correct():
     alpha = torch.softmax(torch.randn(n, num_cells) * 2, dim=-1).requires_grad_(True)
     targets = torch.rand(n, num_cells) < 0.1
     start = time.perf_counter()
-    loss = ica_loss(alpha, targets)
+    loss = ica_loss(alpha, targets, mapping="scaled")
     loss.backward()
     elapsed = time.perf_counter() - start
     assert torch.isfinite(loss) and torch.isfinite(alpha.grad).all()
     # Spot-check: the mean equals the reference on a few rows combined with the batched rows.
     rows = [0, 1234, n - 1]
     for r in rows:
-        single = ica_loss(alpha[r : r + 1].detach(), targets[r : r + 1]).item()
+        single = ica_loss(alpha[r : r + 1].detach(), targets[r : r + 1], mapping="scaled").item()
         ref = lovasz_hinge_pair(map_scores(alpha[r].tolist(), "scaled"), targets[r].tolist())
         assert single == pytest.approx(ref, rel=1e-5)
     print(f"ica_loss forward+backward on {n}x{num_cells}: {elapsed:.2f} s")
@@ -348,8 +368,8 @@ def test_cuda_matches_cpu():
     alpha = torch.softmax(torch.randn(8, 5, 196), dim=-1)
     targets = torch.rand(8, 5, 196) < 0.1
     valid = torch.rand(8, 5) < 0.5
-    cpu = ica_loss(alpha, targets, valid)
-    gpu = ica_loss(alpha.cuda(), targets.cuda(), valid.cuda())
+    cpu = ica_loss(alpha, targets, valid, mapping="scaled")
+    gpu = ica_loss(alpha.cuda(), targets.cuda(), valid.cuda(), mapping="scaled")
     assert gpu.device.type == "cuda"
     assert gpu.item() == pytest.approx(cpu.item(), rel=1e-5)
 
@@ -378,6 +398,7 @@ def test_bad_input_raises(kwargs, error, match):
         "attention": torch.full((2, 3, 5), 0.2),
         "targets": torch.zeros(2, 3, 5, dtype=torch.bool),
         "valid": None,
+        "mapping": "scaled",
     }
     args.update(kwargs)
     with pytest.raises(error, match=match):

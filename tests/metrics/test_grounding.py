@@ -30,13 +30,13 @@ def test_topk_iou_hand_computed():
 def test_mass50_iou_hand_computed():
     # row 0: {0} (0.5 reaches 50 %) vs {0, 2} -> 1/2; row 1: {3, 2} -> 1;
     # row 2: {0, 1} vs {0} -> 1/2; row 3: {0} (0.5 of the normalised mass) -> 1.
-    np.testing.assert_allclose(gr.mass_iou(ALPHAS, MASKS), [0.5, 1.0, 0.5, 1.0])
+    np.testing.assert_allclose(gr.mass_iou(ALPHAS, MASKS, mass=0.5), [0.5, 1.0, 0.5, 1.0])
     # mass 1.0 takes every attended cell (row 0: {0, 1, 2}) -> IoU 2/3.
     assert gr.mass_iou(ALPHAS[:1], MASKS[:1], mass=1.0)[0] == pytest.approx(2 / 3)
 
 
 def test_word_scores_and_chance():
-    table = gr.word_scores(ALPHAS, MASKS)
+    table = gr.word_scores(ALPHAS, MASKS, mass=0.5)
     np.testing.assert_allclose(table["attention_correctness_chance"], [0.5, 0.5, 0.25, 0.25])
     assert table["mask_cells"].tolist() == [2, 2, 1, 1]
 

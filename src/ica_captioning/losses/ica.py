@@ -30,7 +30,7 @@ REDUCTIONS: tuple[str, ...] = ("mean", "sum", "none")
 
 
 def attention_to_scores(
-    attention: torch.Tensor, mapping: str = "scaled", *, log_eps: float = 1e-6
+    attention: torch.Tensor, mapping: str, *, log_eps: float = 1e-6
 ) -> torch.Tensor:
     """Map attention weights to Lovász-hinge scores.
 
@@ -91,8 +91,8 @@ def ica_loss(
     attention: torch.Tensor,
     targets: torch.Tensor,
     valid: torch.Tensor | None = None,
-    mapping: str = "scaled",
     *,
+    mapping: str,
     head_reduction: str = "mean",
     reduction: str = "mean",
     log_eps: float = 1e-6,

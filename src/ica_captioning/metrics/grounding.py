@@ -106,7 +106,7 @@ def topk_iou(alphas: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return _iou(selected, masks)
 
 
-def mass_iou(alphas: np.ndarray, masks: np.ndarray, mass: float = 0.5) -> np.ndarray:
+def mass_iou(alphas: np.ndarray, masks: np.ndarray, mass: float) -> np.ndarray:
     """IoU between the fewest top-attended cells holding ``>= mass`` of attention and the mask.
 
     Args:
@@ -135,7 +135,7 @@ def mass_iou(alphas: np.ndarray, masks: np.ndarray, mass: float = 0.5) -> np.nda
     return _iou(selected, masks)
 
 
-def word_scores(alphas: np.ndarray, masks: np.ndarray, mass: float = 0.5) -> pd.DataFrame:
+def word_scores(alphas: np.ndarray, masks: np.ndarray, mass: float) -> pd.DataFrame:
     """All per-word grounding metrics.
 
     Args:
