@@ -21,6 +21,7 @@ from ica_captioning.data.tables import require_columns
 from ica_captioning.decoding.beam_search import beam_search_features
 from ica_captioning.decoding.teacher_forcing import teacher_forced_alphas
 from ica_captioning.model.images import preprocess_images
+from ica_captioning.model.protocol import CaptionModel
 from ica_captioning.tokens import END_ID, PAD_ID, START_ID, UNK_ID
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def _pad_ids(ids: Sequence[Sequence[int]]) -> torch.Tensor:
 
 @torch.inference_mode()
 def decode_split(
-    model: Any,
+    model: CaptionModel,
     images: pd.DataFrame,
     references: pd.DataFrame | None,
     images_dir: str | os.PathLike,
@@ -66,8 +67,9 @@ def decode_split(
     conf/base/parameters_evaluation.yml.
 
     Args:
-        model: captioner (contract interface) with ``config`` and ``vocabulary`` (as returned
-            by ``ica_captioning.model.load_captioner``).
+        model: any captioner of the decoder protocol (``docs/contracts.md``): a torch module
+            with ``encode``, ``decoder``, ``image_size``, ``grid_size`` and ``vocabulary``, e.g.
+            ``ica_captioning.model.load_captioner(bundle)``.
         images: ``image_id``, ``file_path`` (relative to ``images_dir``).
         references: ``caption_id``, ``image_id``, ``tokens`` (words), ``ids``
             (``[<start>, w..., <end>]``); ``None`` skips teacher forcing.
@@ -106,8 +108,7 @@ def decode_split(
         chunk_ids = image_ids[lo : lo + batch_size]
         pixels = preprocess_images(paths[lo : lo + batch_size], model.image_size, root=images_dir)
         features = model.encode(pixels.to(device))  # [b, L, D]
-        num_cells = features.shape[1]
-        grid = int(round(num_cells**0.5))
+        grid = model.grid_size
         out = beam_search_features(
             model.decoder,
             features,
