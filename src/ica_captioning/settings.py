@@ -2,6 +2,11 @@
 
 from kedro.config import OmegaConfigLoader
 
+from ica_captioning.hooks import DatasetScopeHooks
+
+#: Every run works inside its dataset's scope (ica_captioning.hooks, docs/data.md).
+HOOKS = (DatasetScopeHooks(),)
+
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

@@ -155,3 +155,48 @@ def test_conflicting_category_names_across_files_raise(toy, tmp_path):
     other.write_text(__import__("json").dumps(data))
     with pytest.raises(DetectionConfigError, match="category id 1 is 'human'"):
         AnnotationsBackend([toy.instances, other], toy.images, include_crowd=True)
+
+
+def test_instances_of_another_dataset_stop_with_both_sides_ids(toy, tmp_path):
+    # A Flickr-style images table with COCO's instances file: no image id in common. Before,
+    # this ran to the end with only "no_detections" rows.
+    data = copy.deepcopy(toy.data)
+    for ann in data["annotations"]:
+        ann["image_id"] += 100
+    for img in data["images"]:
+        img["id"] += 100
+    rewrite(toy, data)
+    with pytest.raises(DetectionConfigError) as err:
+        AnnotationsBackend(toy.instances, toy.images, include_crowd=True)
+    text = str(err.value)
+    assert "none of the images of the images table has an annotation" in text
+    assert "images 1, 2, 3;" in text
+    assert f"instances file {toy.instances} has annotations for image ids 101, 102" in text
+    # A second, empty file is named as such; the factory path fails the same way.
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"images": [], "annotations": [], "categories": []}')
+    with pytest.raises(DetectionConfigError, match=f"instances file {empty} has no annotation"):
+        AnnotationsBackend([toy.instances, empty], toy.images, include_crowd=True)
+    detection = DetectionParams.parse(section("detection", backend="annotations"), "detection")
+    dataset = DatasetParams.parse(section("dataset", instances=str(toy.instances)), "dataset")
+    with pytest.raises(DetectionConfigError, match="none of the images"):
+        make_backend(detection, dataset, toy.images)
+
+
+def test_images_in_no_instances_file_are_warned_about(toy, caplog):
+    # Image 3 is listed in the file without annotations (a COCO image with no object): fine,
+    # no warning. Dropping it from the file's images list (as when one split's file is missing)
+    # leaves 2 of 3 images that appear in dataset.instances: a warning with the share.
+    with caplog.at_level("WARNING", logger="ica_captioning.detection.annotations"):
+        run(toy)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    data = copy.deepcopy(toy.data)
+    data["images"] = [img for img in data["images"] if img["id"] != 3]
+    rewrite(toy, data)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ica_captioning.detection.annotations"):
+        _, results, _ = run(toy)
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "only 2 of the 3 images of the images table (66.7%)" in warning.getMessage()
+    assert "(image ids 3)" in warning.getMessage()
+    assert {r.image_id: r.class_names for r in results}[3] == []  # still a no_detections image

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import numpy as np
@@ -18,12 +19,18 @@ from ica_captioning.detection import (
     merge_shards,
     run_sharded,
 )
-from ica_captioning.detection.detectron2_backend import Detectron2Backend, Detectron2Unavailable
+from ica_captioning.detection.detectron2_backend import (
+    Detectron2Backend,
+    Detectron2ImportFailed,
+    Detectron2Unavailable,
+    import_detectron2,
+)
 from ica_captioning.detection.images import read_detection_image
 from ica_captioning.detection.torchvision_backend import TorchvisionBackend, coco_categories
 from ica_captioning.params import DatasetParams, DetectionParams
 
 INSTALL = (
+    "pip install 'setuptools<81' && "
     "pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'"
 )
 
@@ -188,6 +195,86 @@ def test_detectron2_absent_fails_at_once_with_install_command(monkeypatch, toy):
     assert INSTALL in str(err.value)
     with pytest.raises(ImportError, match="pip install --no-build-isolation"):
         make_backend(params, DatasetParams.parse(section("dataset"), "dataset"), toy.images)
+
+
+@pytest.fixture
+def no_detectron2(monkeypatch):
+    """Hide any real detectron2 (and its submodules) for the test; drop what the test imported."""
+    for name in [m for m in sys.modules if m == "detectron2" or m.startswith("detectron2.")]:
+        monkeypatch.delitem(sys.modules, name)
+    yield
+    for name in [m for m in sys.modules if m == "detectron2" or m.startswith("detectron2.")]:
+        del sys.modules[name]
+
+
+def fake_detectron2(root, files: dict[str, str]) -> None:
+    """A ``detectron2`` package under ``root``: relative path -> source."""
+    for rel, source in files.items():
+        path = root / "detectron2" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source)
+
+
+def test_detectron2_not_installed_names_the_install_command(monkeypatch, tmp_path, no_detectron2):
+    # An empty folder first on sys.path and no detectron2 module cached: where detectron2 is
+    # really installed this still finds it, so only assert when it is absent.
+    monkeypatch.syspath_prepend(str(tmp_path))
+    if importlib.util.find_spec("detectron2") is not None:
+        pytest.skip("detectron2 is installed here")
+    with pytest.raises(Detectron2Unavailable) as err:
+        import_detectron2()
+    assert not isinstance(err.value, Detectron2ImportFailed)
+    text = str(err.value)
+    assert "detectron2 is not installed" in text and INSTALL in text
+    assert "failed to import" not in text
+
+
+def test_detectron2_installed_without_pkg_resources_names_the_setuptools_fix(
+    monkeypatch, tmp_path, no_detectron2
+):
+    # What detectron2's model_zoo does on setuptools >= 81: `import pkg_resources` fails.
+    fake_detectron2(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "model_zoo/__init__.py": "raise ModuleNotFoundError(\"No module named "
+            "'pkg_resources'\", name='pkg_resources')\n",
+            **{f"{m}/__init__.py": "" for m in ("data", "checkpoint", "config", "modeling")},
+            "data/transforms.py": "",
+        },
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(Detectron2ImportFailed) as err:
+        import_detectron2()
+    text = str(err.value)
+    assert "detectron2 is installed but failed to import" in text
+    assert "No module named 'pkg_resources'" in text  # the original error
+    assert "setuptools ≥ 81 removed pkg_resources: pip install 'setuptools<81'" in text
+    assert "is not installed" not in text
+    assert isinstance(err.value.__cause__, ModuleNotFoundError)
+    # The backend and the factory fail the same way, before anything else.
+    params = detection_params(backend="detectron2", weights=None)
+    with pytest.raises(Detectron2ImportFailed, match="setuptools<81"):
+        Detectron2Backend.from_params(params)
+
+
+def test_detectron2_installed_but_broken_otherwise_shows_the_error_and_reinstall(
+    monkeypatch, tmp_path, no_detectron2
+):
+    # A package whose own import fails for another reason (no message-specific fix): the
+    # original error and the reinstall command; a missing compiled extension is named as such.
+    fake_detectron2(tmp_path, {"__init__.py": "raise ImportError('libcudart.so.12: cannot open')"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(Detectron2ImportFailed) as err:
+        import_detectron2()
+    text = str(err.value)
+    assert "installed but failed to import: ImportError: libcudart.so.12: cannot open" in text
+    assert f"reinstall it: {INSTALL}" in text
+    fake_detectron2(tmp_path, {"__init__.py": "from detectron2 import _C\n"})
+    for name in [m for m in sys.modules if m.startswith("detectron2")]:
+        del sys.modules[name]
+    with pytest.raises(Detectron2ImportFailed, match=r"compiled extension \(detectron2._C\)"):
+        import_detectron2()
 
 
 def test_detectron2_real_if_installed(toy, tmp_path):

@@ -7,6 +7,7 @@ detector (the upper bound for pseudo-label quality). Every instance gets score 1
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,10 +27,19 @@ from ica_captioning.detection.base import (
 from ica_captioning.detection.rle import rle_string_to_counts
 from ica_captioning.params import DatasetParams, DetectionParams
 
+logger = logging.getLogger(__name__)
+
 SOURCE = "annotation"
 #: Smallest batch: reading annotations costs little per image, so larger batches only save
 #: loop overhead (``detection.batch_size`` is sized for the model backends).
 MIN_BATCH_SIZE = 64
+
+
+def _few(ids: set[int] | Sequence[int], k: int = 5) -> str:
+    """The first ``k`` ids (sorted), "…" and the count when there are more."""
+    first = sorted(ids)[:k]
+    text = ", ".join(str(i) for i in first)
+    return f"{text} … ({len(ids)} in all)" if len(ids) > k else text
 
 
 def _as_path_list(paths: str | Path | Sequence[str | Path] | None) -> list[Path]:
@@ -102,8 +112,11 @@ class AnnotationsBackend(DetectorBackend):
         self._categories: dict[int, str] = {}
         self._by_image: dict[int, list[tuple[str, int, dict[str, Any]]]] = defaultdict(list)
         self._preflight: list[dict[str, Any]] = []
+        # Per file: image ids its annotations refer to, and ids its ``images`` list declares.
+        self._file_ids: dict[Path, tuple[set[int], set[int]]] = {}
         for path in self.paths:
             self._index_file(path, read_instances(path), sizes)
+        self._check_coverage(set(sizes))
 
     @classmethod
     def from_params(
@@ -146,11 +159,15 @@ class AnnotationsBackend(DetectorBackend):
         self._categories.update(cats)
         # The file's own image sizes must agree with the images table: masks are stored at them.
         file_sizes: dict[int, tuple[int, int]] = {}
+        listed: set[int] = set()
         for img in data.get("images", []) or []:
             try:
+                listed.add(int(img["id"]))
                 file_sizes[int(img["id"])] = (int(img["height"]), int(img["width"]))
             except (KeyError, TypeError, ValueError):
                 continue  # sizes are optional here; the RLE size check below still applies
+        annotated: set[int] = set()
+        self._file_ids[path] = (annotated, listed)
         for i, ann in enumerate(data["annotations"]):
             record = f"annotations[{i}] (id {ann.get('id')})"
             try:
@@ -160,6 +177,7 @@ class AnnotationsBackend(DetectorBackend):
                     quarantine_row(SOURCE, path, record, None, "annotation has no valid image_id")
                 )
                 continue
+            annotated.add(image_id)
             if image_id not in sizes:
                 self._preflight.append(
                     quarantine_row(
@@ -200,6 +218,60 @@ class AnnotationsBackend(DetectorBackend):
                 )
                 continue
             self._by_image[image_id].append((cname, i, ann | {"_file": str(path)}))
+
+    def _check_coverage(self, table_ids: set[int]) -> None:
+        """Stop when no image of the table has an annotation; warn when some are in no file.
+
+        Zero is an error, not a result: instances files of another dataset (a Flickr images
+        table with COCO's instances, the val file for the train split) would otherwise give
+        only ``no_detections`` rows and a run that "succeeds" without a single mask. Every
+        COCO instances file, and the embedded dataset's, lists each of its images in
+        ``images`` (with or without annotations), so on a correct set of files every image of
+        the table appears in one of them; an image that appears nowhere is a file missing from
+        ``dataset.instances`` and is warned about.
+
+        Raises:
+            DetectionConfigError: no image of the table is annotated in any instances file.
+        """
+        if not table_ids:
+            return
+        annotated = set().union(*(a for a, _ in self._file_ids.values())) & table_ids
+        if not annotated:
+            files = "; ".join(
+                f"instances file {path} has annotations for image ids {_few(a)}"
+                if a
+                else f"instances file {path} has no annotation"
+                for path, (a, _) in self._file_ids.items()
+            )
+            raise DetectionConfigError(
+                "detection.backend=annotations: none of the images of the images table has an "
+                f"annotation in dataset.instances, so every image would have no detections: "
+                f"images {_few(table_ids)}; {files}. Are dataset.instances the instances "
+                "files of this dataset (and split)?"
+            )
+        logger.info(
+            "detection.backend=annotations: %d of the %d images of the images table (%.1f%%) "
+            "have annotations",
+            len(annotated),
+            len(table_ids),
+            100.0 * len(annotated) / len(table_ids),
+        )
+        known = set().union(*(a | listed for a, listed in self._file_ids.values()))
+        absent = table_ids - known
+        if absent:
+            share = 1.0 - len(absent) / len(table_ids)
+            logger.warning(
+                "detection.backend=annotations: only %d of the %d images of the images table "
+                "(%.1f%%) appear in dataset.instances (%s); the other %d (image ids %s) appear "
+                "in no instances file and get no detections. Is an instances file missing "
+                "(e.g. one split's)?",
+                len(table_ids) - len(absent),
+                len(table_ids),
+                100.0 * share,
+                ", ".join(str(p) for p in self.paths),
+                len(absent),
+                _few(absent),
+            )
 
     def preflight_quarantine(self) -> list[dict[str, Any]]:
         """Annotations for unknown images or categories, or with disagreeing image sizes."""

@@ -33,7 +33,12 @@ DETECTION_COLUMNS = [
 #: Columns the detection stage needs from the ``images`` table.
 IMAGE_COLUMNS = ["image_id", "file_path", "width", "height"]
 
+#: detectron2 is not on the package index. Its source imports ``pkg_resources``, which
+#: setuptools >= 81 no longer ships, so setuptools is pinned first (the build runs without
+#: isolation, in this environment, and detectron2 needs ``pkg_resources`` at run time too).
+SETUPTOOLS_FOR_DETECTRON2 = "pip install 'setuptools<81'"
 INSTALL_DETECTRON2 = (
+    f"{SETUPTOOLS_FOR_DETECTRON2} && "
     "pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'"
 )
 

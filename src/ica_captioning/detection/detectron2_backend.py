@@ -1,7 +1,8 @@
 """The ``detectron2`` backend: a model-zoo Mask R-CNN, batched through ``build_model``.
 
 detectron2 is not on the package index, so it is imported lazily: selecting this backend without
-it installed fails at once with the install command. Images go through the model in batches
+it installed fails at once with the install command, and an installed detectron2 that fails to
+import fails with the original error and its likely fix. Images go through the model in batches
 (``build_model`` + ``DetectionCheckpointer``, not one image at a time via ``DefaultPredictor``).
 """
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from ica_captioning.detection.base import (
     INSTALL_DETECTRON2,
+    SETUPTOOLS_FOR_DETECTRON2,
     DetectionConfigError,
     DetectorBackend,
     ImageDetections,
@@ -26,14 +28,35 @@ from ica_captioning.params import DetectionParams
 
 
 class Detectron2Unavailable(ImportError):
-    """detectron2 is not installed (the message holds the install command)."""
+    """detectron2 cannot be used: not installed (the message holds the install command)."""
+
+
+class Detectron2ImportFailed(Detectron2Unavailable):
+    """detectron2 is installed but importing it fails (the message holds the likely fix)."""
+
+
+def _import_fix(err: ImportError) -> str:
+    """The likely fix for an installed detectron2 that fails to import with ``err``."""
+    text = f"{err.name or ''} {err}"
+    if "pkg_resources" in text:
+        return f"setuptools ≥ 81 removed pkg_resources: {SETUPTOOLS_FOR_DETECTRON2}"
+    if any(k in text for k in ("detectron2._C", "name '_C'", "undefined symbol")):
+        return (
+            "its compiled extension (detectron2._C) is missing or was built against another "
+            f"torch; rebuild it with the installed torch: {INSTALL_DETECTRON2}"
+        )
+    return f"a broken or partial install; reinstall it: {INSTALL_DETECTRON2}"
 
 
 def import_detectron2() -> dict[str, Any]:
     """Import the detectron2 pieces this backend uses.
 
     Raises:
-        Detectron2Unavailable: detectron2 is not installed.
+        Detectron2Unavailable: detectron2 is not installed (the message gives the install
+            command).
+        Detectron2ImportFailed: detectron2 is installed but importing it fails (the message gives
+            the original error and its likely fix, e.g. ``setuptools<81`` for
+            ``pkg_resources``).
     """
     try:
         import detectron2.data.transforms as transforms
@@ -43,10 +66,17 @@ def import_detectron2() -> dict[str, Any]:
         from detectron2.data import MetadataCatalog
         from detectron2.modeling import build_model
     except ImportError as err:
-        raise Detectron2Unavailable(
-            "detection.backend=detectron2 needs detectron2, which is not installed "
-            f"({err}). Install it with:\n    {INSTALL_DETECTRON2}\n"
-            "or choose detection.backend=torchvision / annotations."
+        # Only detectron2 itself missing means "not installed"; a module missing inside it
+        # (pkg_resources, detectron2._C, ...) means an install that does not import.
+        if isinstance(err, ModuleNotFoundError) and err.name == "detectron2":
+            raise Detectron2Unavailable(
+                "detection.backend=detectron2: detectron2 is not installed (it is not on the "
+                f"package index). Install it with:\n    {INSTALL_DETECTRON2}\n"
+                "or choose detection.backend=torchvision / annotations."
+            ) from err
+        raise Detectron2ImportFailed(
+            "detection.backend=detectron2: detectron2 is installed but failed to import: "
+            f"{type(err).__name__}: {err}; probably {_import_fix(err)}"
         ) from err
     return {
         "T": transforms,

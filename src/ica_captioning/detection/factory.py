@@ -28,7 +28,8 @@ def make_backend(
 
     Raises:
         DetectionConfigError: unknown backend or unusable settings.
-        Detectron2Unavailable: detectron2 selected but not installed.
+        Detectron2Unavailable: detectron2 selected but not installed, or installed but
+            failing to import (:class:`Detectron2ImportFailed`, with the likely fix).
     """
     name = detection.backend
     if name == "annotations":

@@ -46,6 +46,10 @@ class MatchingInputError(ValueError):
     """A table given to matching lacks columns or holds unusable values."""
 
 
+class NoPseudoLabelsError(ValueError):
+    """Matching labelled no caption token (the message gives the reason from the statistics)."""
+
+
 def _token_list(tokens: Any, caption_id: Any) -> list[str]:
     """The caption's words as a list; a plain string (an untokenised caption) is an error."""
     if isinstance(tokens, (np.ndarray, list, tuple)):
@@ -278,12 +282,15 @@ def _statistics(
     per_caption_tokens = pseudo.groupby("caption_id").size()
     unmatched = mentions[mentions["class_name"].isna()]
     in_vocab = unmatched["mentioned"].isin(vocabulary)
+    ok_instances = int((detections["status"] == "ok").sum())
     processed = set(detections["image_id"].unique().tolist())
     not_processed = int((~captions["image_id"].isin(processed)).sum())
     denom = max(n_captions, 1)
     rows += [
         ("captions", "", float(n_captions)),
         ("captions_with_match", "", float(len(per_caption_objects))),
+        # Captions naming at least one class the lexicon (or the detector's names) knows.
+        ("captions_with_mention", "", float(mentions["caption_id"].nunique())),
         ("share_captions_with_match", "", len(per_caption_objects) / denom),
         # The paper's "critical objects": distinct detected classes a caption names.
         ("mean_critical_objects_per_caption", "", float(per_caption_objects.sum()) / denom),
@@ -307,11 +314,16 @@ def _statistics(
         ("captions_image_not_in_detections", "", float(not_processed)),
         ("images_with_detections", "", float(kept["image_id"].nunique())),
         ("detected_instances", "", float(len(kept))),
+        ("instances_below_score_threshold", "", float(ok_instances - len(kept))),
     ]
     rows += [("class_matches", k, float(v)) for k, v in Counter(pseudo["class_name"]).items()]
     rows += [
         ("class_unmatched_mentions", k, float(v))
         for k, v in Counter(unmatched.loc[in_vocab, "mentioned"]).items()
+    ]
+    rows += [
+        ("class_mentions_never_detected", k, float(v))
+        for k, v in Counter(unmatched.loc[~in_vocab, "mentioned"]).items()
     ]
     rows += [
         ("class_detected_instances", k, float(v)) for k, v in Counter(kept["class_name"]).items()
@@ -323,3 +335,116 @@ def _statistics(
             not_processed,
         )
     return pd.DataFrame(rows, columns=["statistic", "key", "value"])
+
+
+def _few_classes(stats: pd.DataFrame, statistic: str, k: int = 5) -> str:
+    """The ``k`` classes with the highest ``statistic`` (``name ×count``), "…" when more."""
+    rows = stats[stats["statistic"] == statistic].sort_values(
+        ["value", "key"], ascending=[False, True]
+    )
+    items = [f"{key} ×{value:.0f}" for key, value in zip(rows["key"], rows["value"])]
+    return ", ".join(items[:k]) + (" …" if len(items) > k else "")
+
+
+def matching_diagnosis(stats: pd.DataFrame, score_threshold: float) -> list[str]:
+    """Why captions got no pseudo-label, read from ``matching_stats`` (largest causes first).
+
+    Args:
+        stats: the ``matching_stats`` table of :func:`build_pseudo_labels`.
+        score_threshold: ``matching.score_threshold`` (named in the message).
+
+    Returns:
+        One sentence per cause that applies (empty when every caption got a label).
+    """
+    value = stats[stats["key"] == ""].set_index("statistic")["value"]
+    n = int(value["captions"])
+    if n == 0:
+        return ["the captions table is empty"]
+    reasons: list[str] = []
+    absent = int(value["captions_image_not_in_detections"])
+    if absent:
+        reasons.append(
+            f"{absent} of {n} captions belong to images absent from the detections table "
+            "(not processed, or quarantined)"
+        )
+    if value["detected_instances"] == 0:
+        below = int(value["instances_below_score_threshold"])
+        reasons.append(
+            f"no detection has score >= matching.score_threshold={score_threshold:g} "
+            f"(all {below} detected instances are below it)"
+            if below
+            else "the detections table holds no instance at all (only no_detections rows)"
+        )
+        return reasons
+    detected = _few_classes(stats, "class_detected_instances")
+    silent = n - int(value["captions_with_mention"])
+    if silent:
+        reasons.append(
+            f"{silent} of {n} captions name no class the lexicon knows (no caption word in the "
+            f"lexicon for the detected classes {detected}; add words with "
+            "matching.extra_lexicon)"
+        )
+    never = int(value["mentions_of_classes_never_detected"])
+    if never:
+        reasons.append(
+            f"{never} of {int(value['mentions'])} mentions name classes never detected above "
+            f"the threshold ({_few_classes(stats, 'class_mentions_never_detected')}); the "
+            f"detected classes are {detected}"
+        )
+    unmatched = int(value["unmatched_mentions"])
+    if unmatched:
+        reasons.append(
+            f"{unmatched} mentions name a class detected elsewhere but not in the caption's "
+            "own image"
+        )
+    empty = int(value["empty_mask_mentions"])
+    if empty:
+        reasons.append(f"{empty} mentions matched an object whose mask covers no pixel")
+    return reasons
+
+
+def check_pseudo_labels(
+    stats: pd.DataFrame,
+    *,
+    score_threshold: float,
+    allow_empty: bool,
+    min_labelled_fraction: float,
+) -> None:
+    """Zero is an error, not a result: stop when no token got a pseudo-label, warn when few did.
+
+    Args:
+        stats: the ``matching_stats`` table of :func:`build_pseudo_labels`.
+        score_threshold: ``matching.score_threshold`` (for the message).
+        allow_empty: ``matching.allow_empty``: log a warning instead of stopping when no
+            caption token got a pseudo-label.
+        min_labelled_fraction: ``matching.min_labelled_fraction``: warn when a smaller share
+            of the captions gets at least one pseudo-label.
+
+    Raises:
+        NoPseudoLabelsError: no caption token got a pseudo-label and ``allow_empty`` is false.
+    """
+    value = stats[stats["key"] == ""].set_index("statistic")["value"]
+    n, labelled = int(value["captions"]), int(value["captions_with_match"])
+    reasons = "; ".join(matching_diagnosis(stats, score_threshold))
+    if value["matched_mentions"] == 0:
+        message = (
+            f"matching: no caption token got a pseudo-label (0 of {n} captions): {reasons}. "
+            "The ICA loss would have nothing to train on"
+        )
+        if not allow_empty:
+            raise NoPseudoLabelsError(
+                f"{message}; set matching.allow_empty=true to write the empty tables anyway."
+            )
+        logger.warning("%s (matching.allow_empty is true: writing empty pseudo_labels).", message)
+        return
+    share = labelled / max(n, 1)
+    if share < min_labelled_fraction:
+        logger.warning(
+            "matching: only %.1f%% of the captions (%d of %d) got at least one pseudo-label, "
+            "below matching.min_labelled_fraction=%g: %s",
+            100.0 * share,
+            labelled,
+            n,
+            min_labelled_fraction,
+            reasons,
+        )

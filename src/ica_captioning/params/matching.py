@@ -14,3 +14,5 @@ class MatchingParams(Params):
     cell_threshold: Fraction
     extra_lexicon: dict[str, list[str]]
     progress: bool
+    allow_empty: bool
+    min_labelled_fraction: Fraction

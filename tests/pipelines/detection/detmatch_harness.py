@@ -18,6 +18,7 @@ from kedro.pipeline import Pipeline
 from kedro.runner import SequentialRunner
 
 from ica_captioning import settings
+from ica_captioning.hooks import apply_dataset_scope
 
 PROJECT = Path(__file__).resolve().parents[3]
 
@@ -27,6 +28,19 @@ def _param_entries(name: str, value: Any, out: dict[str, Any]) -> None:
     if isinstance(value, dict):
         for key, sub in value.items():
             _param_entries(f"{name}.{key}", sub, out)
+
+
+def scope_of(
+    project: Path, runtime_params: dict[str, Any] | None = None, env: str | None = None
+) -> str:
+    """The dataset scope (folder under each data layer) of a run with these parameters."""
+    loader = OmegaConfigLoader(
+        conf_source=str(project / "conf"),
+        env=env,
+        runtime_params=runtime_params or {},
+        **settings.CONFIG_LOADER_ARGS,
+    )
+    return apply_dataset_scope(loader)
 
 
 def load_config(
@@ -39,6 +53,7 @@ def load_config(
         runtime_params=runtime_params or {},
         **settings.CONFIG_LOADER_ARGS,
     )
+    apply_dataset_scope(loader)  # as the project's hook does in a Kedro session
     return _convert_paths_to_absolute_posix(project, loader["catalog"]), loader["parameters"]
 
 

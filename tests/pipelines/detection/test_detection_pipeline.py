@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from detmatch_harness import PROJECT, copy_project, load_config, run_pipeline
+from detmatch_harness import PROJECT, copy_project, load_config, run_pipeline, scope_of
 
 from ica_captioning.detection import detections_frame, image_records
 from ica_captioning.detection.annotations import AnnotationsBackend
@@ -52,15 +52,16 @@ def project(tmp_path, monkeypatch):
 
 def test_detection_pipeline_writes_detections_and_resumes(project, tmp_path):
     toy = build_toy(tmp_path / "toy")
-    images_file = project / "data" / "03_primary" / "images.parquet"
-    images_file.parent.mkdir(parents=True)
-    toy.images.to_parquet(images_file)
     params = {
         "dataset": {"images_dir": str(toy.root), "instances": [str(toy.instances)]},
         "detection": {"shard_size": 2, "progress": False},
     }
+    scope = scope_of(project, params)
+    images_file = project / "data" / "03_primary" / scope / "images.parquet"
+    images_file.parent.mkdir(parents=True)
+    toy.images.to_parquet(images_file)
     run_pipeline(project, create_pipeline(), params)
-    out = project / "data" / "03_primary" / "detections.parquet"
+    out = project / "data" / "03_primary" / scope / "detections.parquet"
     detections = pd.read_parquet(out)
     results, _ = AnnotationsBackend(toy.instances, toy.images, include_crowd=True).detect(
         image_records(toy.images, toy.root)
@@ -74,7 +75,9 @@ def test_detection_pipeline_writes_detections_and_resumes(project, tmp_path):
     pd.testing.assert_frame_equal(plain(detections), plain(expected))
     assert [list(b) for b in detections["box"].dropna()] == expected["box"].dropna().tolist()
     assert detections["status"].tolist() == ["ok"] * 4 + ["no_detections"]
-    quarantine = pd.read_parquet(project / "data" / "03_primary" / "detection_quarantine.parquet")
+    quarantine = pd.read_parquet(
+        project / "data" / "03_primary" / scope / "detection_quarantine.parquet"
+    )
     assert quarantine.empty and list(quarantine.columns) == [
         "source",
         "file",

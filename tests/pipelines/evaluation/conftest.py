@@ -13,6 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+from kedro_datasets.matplotlib import MatplotlibDataset
+from kedro_datasets.pandas import ParquetDataset
 from project_conf import model_params, section
 
 from ica_captioning.variants import VARIANTS
@@ -100,3 +104,49 @@ def eval_inputs(tmp_path_factory) -> dict:
         ),
         "rng": np.random.default_rng(0),
     }
+
+
+def _catalog(inputs: dict, out_dir: Path) -> DataCatalog:
+    """The evaluation pipeline's inputs in memory; every output saved under ``out_dir``."""
+    data = {
+        "images": inputs["images"],
+        "captions": inputs["captions"],
+        "encoded_captions": inputs["encoded_captions"],
+        "detections": inputs["detections"],
+        "pseudo_labels": inputs["pseudo_labels"],
+        "baseline.model": inputs["bundles"]["baseline"],
+        "ica.model": inputs["bundles"]["ica"],
+        "baseline.training_history": inputs["history"],
+        "ica.training_history": inputs["history"].assign(train_ce=[2.9, 2.2]),
+        "params:dataset": inputs["dataset"],
+        "params:matching": inputs["matching"],
+        "params:evaluation": inputs["evaluation"],
+    }
+    datasets = {k: MemoryDataset(v) for k, v in data.items()}
+    for name in ("caption_metrics", "grounding_metrics", "comparison", "grounding_words"):
+        datasets[name] = ParquetDataset(filepath=str(out_dir / f"{name}.parquet"))
+    for variant in VARIANTS:
+        # The teacher-forced reference attention is kept too (the project catalog holds it in
+        # memory only), so that the grounding report can be recomputed from saved maps.
+        for name in ("generated", "reference_attention"):
+            key = "generated_captions" if name == "generated" else name
+            datasets[f"{variant}.{key}"] = ParquetDataset(
+                filepath=str(out_dir / f"{variant}_{name}.parquet")
+            )
+    datasets["attention_figures"] = MatplotlibDataset(filepath=str(out_dir / "attention"))
+    datasets["training_curves"] = MatplotlibDataset(filepath=str(out_dir / "curves.png"))
+    return DataCatalog(datasets=datasets)
+
+
+@pytest.fixture(scope="session")
+def evaluation_run(eval_inputs, tmp_path_factory) -> Path:
+    """The evaluation pipeline run once on :func:`eval_inputs`; the folder of its outputs.
+
+    Files: ``<report>.parquet``, ``<variant>_generated.parquet``,
+    ``<variant>_reference_attention.parquet``, ``attention/``, ``curves.png``.
+    """
+    from ica_captioning.pipelines.evaluation import create_pipeline
+
+    out = tmp_path_factory.mktemp("reports")
+    SequentialRunner().run(create_pipeline(), _catalog(eval_inputs, out))
+    return out

@@ -3,51 +3,17 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from kedro.io import DataCatalog, MemoryDataset
-from kedro.runner import SequentialRunner
-from kedro_datasets.matplotlib import MatplotlibDataset
-from kedro_datasets.pandas import ParquetDataset
 from project_conf import section
 
 from ica_captioning.params import ParameterError
-from ica_captioning.pipelines.evaluation import create_pipeline
 from ica_captioning.pipelines.evaluation import nodes as ev
 from ica_captioning.reports import TABLE1_METRICS
 from ica_captioning.reports import evaluation as report
 
 
-def _catalog(inputs, out_dir):
-    data = {
-        "images": inputs["images"],
-        "captions": inputs["captions"],
-        "encoded_captions": inputs["encoded_captions"],
-        "detections": inputs["detections"],
-        "pseudo_labels": inputs["pseudo_labels"],
-        "baseline.model": inputs["bundles"]["baseline"],
-        "ica.model": inputs["bundles"]["ica"],
-        "baseline.training_history": inputs["history"],
-        "ica.training_history": inputs["history"].assign(train_ce=[2.9, 2.2]),
-        "params:dataset": inputs["dataset"],
-        "params:matching": inputs["matching"],
-        "params:evaluation": inputs["evaluation"],
-    }
-    datasets = {k: MemoryDataset(v) for k, v in data.items()}
-    for name in ("caption_metrics", "grounding_metrics", "comparison", "grounding_words"):
-        datasets[name] = ParquetDataset(filepath=str(out_dir / f"{name}.parquet"))
-    for variant in ("baseline", "ica"):
-        name = f"{variant}.generated_captions"
-        datasets[name] = ParquetDataset(filepath=str(out_dir / f"{variant}_generated.parquet"))
-    datasets["attention_figures"] = MatplotlibDataset(filepath=str(out_dir / "attention"))
-    datasets["training_curves"] = MatplotlibDataset(filepath=str(out_dir / "curves.png"))
-    return DataCatalog(datasets=datasets)
-
-
 @pytest.fixture(scope="module")
-def run_outputs(eval_inputs, tmp_path_factory):
-    out = tmp_path_factory.mktemp("reports")
-    catalog = _catalog(eval_inputs, out)
-    SequentialRunner().run(create_pipeline(), catalog)
-    return out
+def run_outputs(evaluation_run):
+    return evaluation_run
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ from kedro.runner import SequentialRunner
 
 from ica_captioning import settings
 from ica_captioning.data.tables import DataQualityError
+from ica_captioning.hooks import apply_dataset_scope
 from ica_captioning.pipelines.ingestion.pipeline import create_pipeline
 
 PROJECT = Path(__file__).resolve().parents[3]
@@ -37,6 +38,19 @@ def _param_entries(name: str, value: Any, out: dict[str, Any]) -> None:
             _param_entries(f"{name}.{key}", sub, out)
 
 
+def scope_of(
+    project_path: Path, runtime_params: dict[str, Any] | None = None, env: str | None = None
+) -> str:
+    """The dataset scope (folder under each data layer) of a run with these parameters."""
+    loader = OmegaConfigLoader(
+        conf_source=str(project_path / "conf"),
+        env=env,
+        runtime_params=runtime_params or {},
+        **settings.CONFIG_LOADER_ARGS,
+    )
+    return apply_dataset_scope(loader)
+
+
 def load_project_config(
     project_path: Path, runtime_params: dict[str, Any] | None = None, env: str | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -47,6 +61,7 @@ def load_project_config(
         runtime_params=runtime_params or {},
         **settings.CONFIG_LOADER_ARGS,
     )
+    apply_dataset_scope(loader)  # as the project's hook does in a Kedro session
     catalog_conf = _convert_paths_to_absolute_posix(project_path, loader["catalog"])
     return catalog_conf, loader["parameters"]
 
@@ -88,14 +103,15 @@ def test_pipeline_outputs_are_the_contract_names():
 @pytest.mark.slow
 def test_ingestion_runs_on_a_generated_dataset_and_writes_parquet(project):
     run_ingestion(project, SMALL)
-    data = project / "data"
+    data, scope = project / "data", scope_of(project, SMALL)
+    assert scope.startswith("synthetic-")
     assert (data / "01_raw" / "synthetic" / "dataset_synthetic.json").is_file()
     assert len(list((data / "01_raw" / "synthetic" / "images").glob("*.png"))) == 30
-    images = pd.read_parquet(data / "03_primary" / "images.parquet")
-    captions = pd.read_parquet(data / "03_primary" / "captions.parquet")
-    encoded = pd.read_parquet(data / "05_model_input" / "encoded_captions.parquet")
-    quarantine = pd.read_parquet(data / "03_primary" / "quarantine.parquet")
-    vocabulary = json.loads((data / "04_feature" / "vocabulary.json").read_text())
+    images = pd.read_parquet(data / "03_primary" / scope / "images.parquet")
+    captions = pd.read_parquet(data / "03_primary" / scope / "captions.parquet")
+    encoded = pd.read_parquet(data / "05_model_input" / scope / "encoded_captions.parquet")
+    quarantine = pd.read_parquet(data / "03_primary" / scope / "quarantine.parquet")
+    vocabulary = json.loads((data / "04_feature" / scope / "vocabulary.json").read_text())
     assert len(images) == 30 and (images["status"] == "ok").all() and (images["width"] == 64).all()
     assert list(images.columns[:6]) == [
         "image_id",
@@ -121,34 +137,37 @@ def test_ingestion_runs_on_a_generated_dataset_and_writes_parquet(project):
     ]
     assert vocabulary["itos"][:4] == ["<pad>", "<start>", "<end>", "<unk>"]
     assert vocabulary["min_freq"] == 5 and vocabulary["max_len"] == 24
-    schema = pq.read_schema(data / "05_model_input" / "encoded_captions.parquet")
+    schema = pq.read_schema(data / "05_model_input" / scope / "encoded_captions.parquet")
     assert str(schema.field("ids").type) == "list<element: int32>"
     assert (encoded["length"] == encoded["ids"].map(len)).all()
     assert str(
-        pq.read_schema(data / "03_primary" / "captions.parquet").field("tokens").type
+        pq.read_schema(data / "03_primary" / scope / "captions.parquet").field("tokens").type
     ).startswith("list")
-    manifest = json.loads((data / "01_raw" / "raw_dataset.json").read_text())
+    manifest = json.loads((data / "01_raw" / scope / "raw_dataset.json").read_text())
     assert manifest["generated"] is True and manifest["generator"]["num_images"] == 30
 
     # Second run: the files are up to date, nothing is regenerated.
     run_ingestion(project, SMALL)
-    assert json.loads((data / "01_raw" / "raw_dataset.json").read_text())["generated"] is False
+    assert (
+        json.loads((data / "01_raw" / scope / "raw_dataset.json").read_text())["generated"] is False
+    )
 
 
 @pytest.mark.slow
 def test_bad_images_are_quarantined_or_stop_the_run(project):
     run_ingestion(project, SMALL)
+    scope = scope_of(project, SMALL)
     images_dir = project / "data" / "01_raw" / "synthetic" / "images"
     (images_dir / "000003.png").write_bytes(b"")  # one bad image of 30 (3.3 %)
     # Deleting a file makes the set out of date: it would be regenerated. Instead break one in
     # place and keep the manifest happy; validation must catch it.
     run_ingestion(project, SMALL)
-    quarantine = pd.read_parquet(project / "data" / "03_primary" / "quarantine.parquet")
+    quarantine = pd.read_parquet(project / "data" / "03_primary" / scope / "quarantine.parquet")
     assert quarantine[["source", "image_id", "reason"]].values.tolist() == [
         ["image", 3, "empty file (0 bytes)"]
     ]
-    images = pd.read_parquet(project / "data" / "03_primary" / "images.parquet")
-    captions = pd.read_parquet(project / "data" / "03_primary" / "captions.parquet")
+    images = pd.read_parquet(project / "data" / "03_primary" / scope / "images.parquet")
+    captions = pd.read_parquet(project / "data" / "03_primary" / scope / "captions.parquet")
     assert 3 not in set(images["image_id"]) and 3 not in set(captions["image_id"])
     assert len(captions) == 145
     (images_dir / "000004.png").write_bytes(b"garbage")  # 2 of 30 = 6.7 % > 5 %

@@ -9,7 +9,7 @@ import pytest
 from pycocotools.coco import COCO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "detection"))
-from detmatch_harness import copy_project, run_pipeline  # noqa: E402
+from detmatch_harness import copy_project, run_pipeline, scope_of  # noqa: E402
 
 from ica_captioning.matching import match_classes, unpack_grid  # noqa: E402
 from ica_captioning.pipelines.detection import create_pipeline as detection  # noqa: E402
@@ -45,11 +45,11 @@ def test_ingestion_detection_matching_on_the_embedded_dataset(tmp_path, monkeypa
     run_pipeline(project, ingestion(), params)
     run_pipeline(project, detection(), params)
     run_pipeline(project, matching(), params)
-    data = project / "data"
-    captions = pd.read_parquet(data / "03_primary" / "captions.parquet")
-    detections = pd.read_parquet(data / "03_primary" / "detections.parquet")
-    pseudo = pd.read_parquet(data / "04_feature" / "pseudo_labels.parquet")
-    (stats_file,) = (data / "08_reporting" / "matching_stats.parquet").rglob("*.parquet")
+    data, scope = project / "data", scope_of(project, params)
+    captions = pd.read_parquet(data / "03_primary" / scope / "captions.parquet")
+    detections = pd.read_parquet(data / "03_primary" / scope / "detections.parquet")
+    pseudo = pd.read_parquet(data / "04_feature" / scope / "pseudo_labels.parquet")
+    (stats_file,) = (data / "08_reporting" / scope / "matching_stats.parquet").rglob("*.parquet")
     stats = pd.read_parquet(stats_file)
     assert set(detections["image_id"]) == set(captions["image_id"])
     assert len(pseudo) > len(captions)  # most captions name two or more shapes

@@ -12,6 +12,7 @@ from kedro.io import DataCatalog
 from kedro.runner import SequentialRunner
 from project_conf import section
 
+from ica_captioning.hooks import apply_dataset_scope
 from ica_captioning.model import load_captioner
 from ica_captioning.params import ParameterError, TrainParams, deep_merge
 from ica_captioning.pipelines.train.pipeline import create_pipeline, create_training_pipeline
@@ -49,13 +50,15 @@ def test_parameters_resolve_for_both_variants_and_gpu_env():
 
 
 def test_catalog_factories_resolve_versioned_outputs():
-    catalog = DataCatalog.from_config(_loader()["catalog"])
+    loader = _loader()
+    scope = apply_dataset_scope(loader)
+    catalog = DataCatalog.from_config(loader["catalog"])
     for variant in ("baseline", "ica"):
         model_ds = catalog.get(f"{variant}.model")
         hist_ds = catalog.get(f"{variant}.training_history")
         assert type(model_ds).__name__ == "PickleDataset"
         assert type(hist_ds).__name__ == "ParquetDataset"
-        assert f"{variant}.model.pkl" in str(model_ds._describe()["filepath"])
+        assert f"{scope}/{variant}.model.pkl" in str(model_ds._describe()["filepath"])
         assert model_ds._describe()["version"] is not None
 
 

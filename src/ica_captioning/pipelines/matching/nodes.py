@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from ica_captioning.matching.lexicon import Lexicon
-from ica_captioning.matching.pseudo_labels import build_pseudo_labels
+from ica_captioning.matching.pseudo_labels import build_pseudo_labels, check_pseudo_labels
 from ica_captioning.params import MatchingParams
 
 
@@ -28,10 +28,13 @@ def match_captions(
 
     Raises:
         ParameterError: a parameter is missing, unknown or of the wrong type.
+        NoPseudoLabelsError: no caption token got a pseudo-label (the reason from the
+            statistics), unless ``matching.allow_empty``; fewer captions than
+            ``matching.min_labelled_fraction`` with one only log a warning.
     """
     params = MatchingParams.parse(matching, "matching")
     lexicon = Lexicon.from_package(params.extra_lexicon)
-    return build_pseudo_labels(
+    pseudo, stats = build_pseudo_labels(
         captions,
         detections,
         lexicon,
@@ -40,3 +43,10 @@ def match_captions(
         cell_threshold=params.cell_threshold,
         progress=params.progress,
     )
+    check_pseudo_labels(
+        stats,
+        score_threshold=params.score_threshold,
+        allow_empty=params.allow_empty,
+        min_labelled_fraction=params.min_labelled_fraction,
+    )
+    return pseudo, stats
