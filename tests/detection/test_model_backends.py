@@ -237,8 +237,10 @@ def test_detectron2_installed_without_pkg_resources_names_the_setuptools_fix(
         tmp_path,
         {
             "__init__.py": "",
-            "model_zoo/__init__.py": "raise ModuleNotFoundError(\"No module named "
-            "'pkg_resources'\", name='pkg_resources')\n",
+            "model_zoo/__init__.py": (
+                "raise ModuleNotFoundError(\"No module named 'pkg_resources'\", "
+                "name='pkg_resources')\n"
+            ),
             **{f"{m}/__init__.py": "" for m in ("data", "checkpoint", "config", "modeling")},
             "data/transforms.py": "",
         },

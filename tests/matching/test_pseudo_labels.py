@@ -8,8 +8,14 @@ from project_conf import section
 from ica_captioning.detection import ImageDetections, detections_frame, encode_masks, image_records
 from ica_captioning.detection.annotations import AnnotationsBackend
 from ica_captioning.matching import Lexicon, match_classes, unpack_grid
-from ica_captioning.matching.pseudo_labels import MatchingInputError, build_pseudo_labels
+from ica_captioning.matching.pseudo_labels import (
+    MatchingInputError,
+    NoPseudoLabelsError,
+    build_pseudo_labels,
+    check_pseudo_labels,
+)
 from ica_captioning.params import MatchingParams
+from ica_captioning.pipelines.matching.nodes import match_captions
 
 
 def build(captions, detections, lexicon, **overrides):
@@ -227,3 +233,77 @@ def test_settings_come_from_the_caller_not_from_code_defaults():
         build_pseudo_labels(
             caps((1, "a cat")), dets([(1, "cat", 0.9, LEFT)]), Lexicon.from_package()
         )
+
+
+def node(captions, detections, **overrides):
+    """The matching node with conf/base's ``matching`` section, single keys overridden."""
+    return match_captions(captions, detections, section("matching", progress=False, **overrides))
+
+
+@pytest.mark.parametrize(
+    ("detections", "text", "reason"),
+    [
+        # Every detection below matching.score_threshold (0.5 in conf/base).
+        (
+            [(1, "cat", 0.3, LEFT), (1, "cat", 0.2, TOP)],
+            "a cat",
+            "no detection has score >= matching.score_threshold=0.5 (all 2 detected instances "
+            "are below it)",
+        ),
+        # The detector found nothing anywhere.
+        ([(1, None, 0, None)], "a cat", "holds no instance at all (only no_detections rows)"),
+        # No caption word in the lexicon.
+        ([(1, "cat", 0.9, LEFT)], "a red thing", "1 of 1 captions name no class the lexicon"),
+        # A custom detector's classes that no caption names.
+        (
+            [(1, "zebra", 0.9, LEFT)],
+            "a cat",
+            "1 of 1 mentions name classes never detected above the threshold (cat ×1); the "
+            "detected classes are zebra ×1",
+        ),
+    ],
+)
+def test_no_pseudo_label_stops_matching_with_the_reason(detections, text, reason):
+    table = dets(detections)
+    with pytest.raises(NoPseudoLabelsError) as err:
+        node(caps((1, text)), table)
+    message = str(err.value)
+    assert "no caption token got a pseudo-label (0 of 1 captions)" in message
+    assert reason in message and "matching.allow_empty=true" in message
+
+
+def test_allow_empty_writes_empty_tables_with_a_warning(caplog):
+    table = dets([(1, "cat", 0.3, LEFT)])
+    with caplog.at_level("WARNING", logger="ica_captioning.matching.pseudo_labels"):
+        pseudo, stats = node(caps((1, "a cat")), table, allow_empty=True)
+    assert pseudo.empty and stat(stats, "matched_mentions") == 0
+    assert stat(stats, "instances_below_score_threshold") == 1
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "no caption token got a pseudo-label" in warning.getMessage()
+    assert "score_threshold=0.5" in warning.getMessage()
+
+
+def test_low_share_of_labelled_captions_warns_with_share_and_threshold(caplog):
+    # 1 of 3 captions labelled: 33.3 % < matching.min_labelled_fraction (0.5 in conf/base).
+    table = dets([(1, "cat", 0.9, LEFT), (2, "zebra", 0.9, TOP)])
+    captions = caps((1, "a cat"), (2, "a cat"), (3, "an orange thing"))
+    with caplog.at_level("WARNING", logger="ica_captioning.matching.pseudo_labels"):
+        pseudo, stats = node(captions, table)
+    assert len(pseudo) == 1
+    assert stat(stats, "captions_with_mention") == 3
+    assert stat(stats, "class_mentions_never_detected", "orange") == 1
+    (low,) = [r for r in caplog.records if "min_labelled_fraction" in r.getMessage()]
+    text = low.getMessage()
+    assert low.levelname == "WARNING"
+    assert "only 33.3% of the captions (1 of 3) got at least one pseudo-label" in text
+    assert "below matching.min_labelled_fraction=0.5" in text
+    assert "1 of 3 captions belong to images absent from the detections table" in text
+    assert "1 mentions name a class detected elsewhere" in text  # the cat of image 2
+    # At or above the threshold: no such warning.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ica_captioning.matching.pseudo_labels"):
+        node(captions, table, min_labelled_fraction=0.3)
+        check_pseudo_labels(
+            stats, score_threshold=0.5, allow_empty=False, min_labelled_fraction=1 / 3
+        )
+    assert not [r for r in caplog.records if "min_labelled_fraction" in r.getMessage()]

@@ -4,7 +4,9 @@ With a frozen encoder every epoch would recompute the same annotation vectors. T
 encodes each image once into ``<dir>/features-<key>.npy`` (``[N, L, D]``, memory-mapped when
 read) where ``key`` hashes the encoder settings (backbone, layer, grid, image size, init seed,
 weights source incl. file size/mtime) and the image list (ids, paths, images folder). Any change
-of either gives a new key, so a stale cache is never read.
+of either gives a new key, so a stale cache is never read. A file under the right name that is
+unreadable or of the wrong shape or dtype (a truncated copy, a file of another version) is
+encoded again, with a warning saying why.
 """
 
 from __future__ import annotations
@@ -55,6 +57,35 @@ def cache_key(
     h.update(np.asarray(image_ids, dtype=np.int64).tobytes())
     h.update("\0".join(map(str, paths)).encode())
     return h.hexdigest()[:20]
+
+
+def cache_problem(path: str | os.PathLike, shape: tuple[int | None, ...], dtype: str) -> str | None:
+    """Why an existing cache file cannot be used, or None when it can.
+
+    Args:
+        path: the ``.npy`` file.
+        shape: the expected ``(N, L, D)``; a ``None`` entry is not checked.
+        dtype: the expected storage dtype.
+
+    Returns:
+        ``None`` or the reason (unreadable, truncated, wrong shape or dtype).
+    """
+    try:
+        array = np.load(path, mmap_mode="r")  # reads the header; maps the data lazily
+    except Exception as err:  # noqa: BLE001 - any failure to open it makes it unusable
+        return f"unreadable or truncated ({type(err).__name__}: {err})"
+    try:
+        found = tuple(int(n) for n in array.shape)
+        if len(found) != len(shape) or any(
+            want is not None and got != want for got, want in zip(found, shape)
+        ):
+            expected = tuple("?" if n is None else n for n in shape)
+            return f"of shape {found}, expected {expected}"
+        if array.dtype != np.dtype(dtype):
+            return f"of dtype {array.dtype}, expected {dtype}"
+    finally:
+        del array
+    return None
 
 
 class CachedSource:
@@ -118,8 +149,12 @@ def build_feature_cache(
     cache_dir = Path(cache_dir)
     path = cache_dir / f"features-{key}.npy"
     if path.exists():
-        logger.info("Using feature cache %s", path)
-        return CachedSource(path)
+        cells = encoder_config.grid_size**2
+        problem = cache_problem(path, (len(paths), cells, getattr(encoder, "out_dim", None)), dtype)
+        if problem is None:
+            logger.info("Using feature cache %s", path)
+            return CachedSource(path)
+        logger.warning("Feature cache %s is %s: encoding the images again", path, problem)
     cache_dir.mkdir(parents=True, exist_ok=True)
     was_training = encoder.training
     encoder.eval().to(device)

@@ -105,6 +105,7 @@ class TrainParams(Params):
     lr: float = Field(gt=0.0)
     encoder_lr: float = Field(gt=0.0)
     weight_decay: float = Field(ge=0.0)
+    optimizer: Literal["adam", "sgd"]
     lr_schedule: LrScheduleParams
     grad_clip: float | None = Field(gt=0.0)
     early_stopping: EarlyStoppingParams

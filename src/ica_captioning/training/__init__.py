@@ -3,10 +3,19 @@
 * :func:`train_captioner` — train one model from the stage tables and typed settings.
 * :class:`NonFiniteLossError` — raised when the loss turns NaN/inf (the last good checkpoint
   is kept).
+* :class:`NoTrainingLabelsError` — ``lambda_aux > 0`` but the training split has no
+  pseudo-label (raised before any training work).
 """
 
-from ica_captioning.training.job import TrainJob, prepare_job
+from ica_captioning.training.job import NoTrainingLabelsError, TrainJob, prepare_job
 from ica_captioning.training.launch import run_job, train_captioner
 from ica_captioning.training.loop import NonFiniteLossError
 
-__all__ = ["NonFiniteLossError", "TrainJob", "prepare_job", "run_job", "train_captioner"]
+__all__ = [
+    "NoTrainingLabelsError",
+    "NonFiniteLossError",
+    "TrainJob",
+    "prepare_job",
+    "run_job",
+    "train_captioner",
+]

@@ -20,6 +20,10 @@ from ica_captioning.params import TrainParams
 logger = logging.getLogger(__name__)
 
 
+class CorruptCheckpointError(RuntimeError):
+    """``train.resume`` is true but the run's ``last.pt`` cannot be read or restored."""
+
+
 def checkpoint_path(params: TrainParams, key: str) -> Path:
     """Where the run's last checkpoint lives (one folder per λ and settings hash)."""
     return Path(params.checkpoint_dir) / f"lambda{params.lambda_aux:g}-{key}" / "last.pt"
@@ -79,15 +83,27 @@ def restore_checkpoint(
     Returns:
         The saved training progress (``epoch``, ``best``, ``best_state``, ``bad``,
         ``history``, ``stopped``).
+
+    Raises:
+        CorruptCheckpointError: the file is truncated, not a checkpoint, or does not fit the
+            model and optimiser; the message names the file and how to start afresh.
     """
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    if scheduler is not None and saved.get("scheduler") is not None:
-        scheduler.load_state_dict(saved["scheduler"])
-    if saved.get("scaler") is not None:
-        scaler.load_state_dict(saved["scaler"])
-    torch.set_rng_state(saved["rng_cpu"])
-    if device.type == "cuda" and saved.get("rng_cuda") is not None:
-        torch.cuda.set_rng_state(saved["rng_cuda"], device)
-    return saved["state"]
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None and saved.get("scheduler") is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        if saved.get("scaler") is not None:
+            scaler.load_state_dict(saved["scaler"])
+        torch.set_rng_state(saved["rng_cpu"])
+        if device.type == "cuda" and saved.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(saved["rng_cuda"], device)
+        return saved["state"]
+    except Exception as err:  # noqa: BLE001 - whatever broke, the checkpoint cannot be resumed
+        raise CorruptCheckpointError(
+            f"train.resume is true but the checkpoint {path} cannot be restored "
+            f"({type(err).__name__}: {str(err)[:300]}); it is truncated, corrupt or not a "
+            f"checkpoint of this run. To start afresh delete {path}, or set train.resume=false "
+            "(the run then overwrites it)."
+        ) from err

@@ -43,10 +43,57 @@ RESUME_KEYS = (
     "lr",
     "encoder_lr",
     "weight_decay",
+    "optimizer",
     "lr_schedule",
     "grad_clip",
     "max_train_images",
 )
+
+
+class NoTrainingLabelsError(ValueError):
+    """``train.lambda_aux > 0`` but no (caption, token) pair of the training split is labelled."""
+
+
+def check_ica_labels(
+    params: TrainParams,
+    train_set: CaptionSet,
+    pseudo_labels: pd.DataFrame | None = None,
+    before_subset: int | None = None,
+) -> None:
+    """Zero is an error, not a result: the ICA variant needs labelled training tokens.
+
+    With ``lambda_aux > 0`` and no labelled (caption, token) pair in the training split the ICA
+    term is 0 in every batch and the run would train the baseline again under the ICA name.
+
+    Args:
+        params: the variant's train settings.
+        train_set: the training captions as trained (after ``max_train_images``).
+        pseudo_labels: the ``pseudo_labels`` table, for the message (rows per split).
+        before_subset: labelled pairs before ``max_train_images`` cut the set, if it did.
+
+    Raises:
+        NoTrainingLabelsError: ``lambda_aux > 0`` and ``train_set`` holds no pseudo-label.
+    """
+    if params.lambda_aux == 0.0 or train_set.num_labels > 0:
+        return
+    if pseudo_labels is None or len(pseudo_labels) == 0:
+        source = "the pseudo_labels table is empty"
+    elif "split" in pseudo_labels.columns:
+        per_split = pseudo_labels["split"].value_counts().sort_index().to_dict()
+        source = f"pseudo_labels has {len(pseudo_labels)} rows, by split {per_split}"
+    else:
+        source = f"pseudo_labels has {len(pseudo_labels)} rows, none for a training caption"
+    if before_subset:
+        source += (
+            f"; the first train.max_train_images={params.max_train_images} training images "
+            f"keep none of the split's {before_subset} labels"
+        )
+    raise NoTrainingLabelsError(
+        f"train.lambda_aux={params.lambda_aux:g} but none of the {len(train_set)} training "
+        f"captions has a pseudo-label (0 labelled (caption, token) pairs; {source}): the ICA "
+        "term would be 0 and this would train the baseline again. Check the matching "
+        "pipeline's matching_stats, or set train.lambda_aux=0."
+    )
 
 
 @dataclass
@@ -96,6 +143,9 @@ def prepare_job(
 
     Returns:
         The job description.
+
+    Raises:
+        NoTrainingLabelsError: ``lambda_aux > 0`` and the training split has no pseudo-label.
     """
     grid = params.encoder.grid_size
     if pseudo_labels is not None:
@@ -103,7 +153,12 @@ def prepare_job(
     table = image_table(images, ["train", "val"])
     rows = dict(zip(table["image_id"].astype(int), range(len(table))))
     train_set = build_caption_set(encoded_captions, pseudo_labels, "train", rows, grid)
+    labelled = train_set.num_labels
     train_set = train_set.subset_images(params.max_train_images)
+    # Before any training work (the feature cache, the model): no labels, no ICA variant.
+    check_ica_labels(
+        params, train_set, pseudo_labels, labelled if labelled != train_set.num_labels else None
+    )
     val_set = None
     if (encoded_captions["split"] == "val").any():
         val_set = build_caption_set(encoded_captions, pseudo_labels, "val", rows, grid)

@@ -3,7 +3,8 @@
 Read :func:`fit` top to bottom: build the model, then per epoch train on every batch
 (:func:`train_epoch`), validate, step the schedule, keep the best weights, save a checkpoint.
 Under DDP every loss term is normalised by the *global* count of its units, so the averaged
-DDP gradient equals the single-process gradient of the combined batch.
+DDP gradient equals the single-process gradient of the combined batch; the logged loss terms are
+averaged over ranks (:func:`global_means`), so the history is the global batch's loss too.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ica_captioning.model.captioner import Captioner, build_captioner, make_bund
 from ica_captioning.training.batches import BatchDataset, epoch_batches
 from ica_captioning.training.checkpoint import restore_checkpoint, save_checkpoint
 from ica_captioning.training.devices import amp_dtype
-from ica_captioning.training.job import TrainJob
+from ica_captioning.training.job import TrainJob, check_ica_labels
 from ica_captioning.training.validation import validate
 
 logger = logging.getLogger(__name__)
@@ -54,15 +55,12 @@ def fit(
         ``(bundle {"state_dict", "config", "vocabulary"}, per-epoch history DataFrame)``.
     """
     params, device = job.params, worker.device
+    # prepare_job checks this already; a job built another way must not train λ on nothing.
+    check_ica_labels(params, job.train_set)
     torch.manual_seed(params.seed)
     model = build_captioner(params, len(job.vocabulary["itos"])).to(device)
     if params.encoder.standardize:
         fit_feature_stats(model, job, device)
-    if job.train_set.num_labels == 0 and params.lambda_aux != 0.0:
-        logger.warning(
-            "λ_aux = %g but the training split has no pseudo-labels: ICA term is 0",
-            params.lambda_aux,
-        )
     optimizer, trainable = make_optimizer(model, job)
     scheduler = make_scheduler(optimizer, job)
     amp = amp_dtype(params, device)
@@ -187,14 +185,17 @@ def train_epoch(
     bar.close()
     train_time = time.perf_counter() - start
     steps = max(sums["n"], 1)
+    means = {k: sums[k] / steps for k in ("loss", "ce", "dsr", "ica")}
+    if world > 1:
+        means = global_means(means, worker)
     return {
         "epoch": epoch,
         "lambda_aux": lam,
         "lr": float(optimizer.param_groups[0]["lr"]),
-        "train_loss": sums["loss"] / steps,
-        "train_ce": sums["ce"] / steps,
-        "train_dsr": sums["dsr"] / steps,
-        "train_ica": sums["ica"] / steps if compute_ica else math.nan,
+        "train_loss": means["loss"],
+        "train_ce": means["ce"],
+        "train_dsr": means["dsr"],
+        "train_ica": means["ica"] if compute_ica else math.nan,
         "train_time_s": train_time,
         "captions_per_s": n_caps * world / max(train_time, 1e-9),
         "images_per_s": n_imgs * world / max(train_time, 1e-9),
@@ -219,6 +220,22 @@ def global_normalisers(
                           dtype=torch.float64, device=worker.device)  # fmt: skip
     dist.all_reduce(counts)
     return tuple(float(c) / worker.world for c in counts[:3]), bool(counts[3] > 0)
+
+
+def global_means(means: dict[str, float], worker: Worker) -> dict[str, float]:
+    """The epoch's mean loss terms of the whole global batch, for the history (logging only).
+
+    Under DDP a rank's loss is its local sum over ``global count / world``, i.e. ``world`` times
+    its share of the global loss, so the global loss of a step is the *mean* over ranks of their
+    losses. Every rank takes the same number of steps (:func:`epoch_batches`), so the mean over
+    ranks of the per-rank epoch means is the epoch mean of the global per-step losses: the
+    history then equals a single process's on the combined batches. Nothing here touches the
+    gradients.
+    """
+    keys = sorted(means)
+    values = torch.tensor([means[k] for k in keys], dtype=torch.float64, device=worker.device)
+    dist.all_reduce(values)
+    return {k: float(v) / worker.world for k, v in zip(keys, values.tolist())}
 
 
 def track_best(state: dict[str, Any], row: dict[str, Any], model: Captioner, job: TrainJob) -> None:
@@ -264,7 +281,11 @@ def log_epoch(row: dict[str, Any], job: TrainJob) -> None:
 def make_optimizer(
     model: Captioner, job: TrainJob
 ) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]:
-    """Adam over the decoder (``lr``) and the fine-tuned encoder blocks (``encoder_lr``).
+    """``train.optimizer`` over the decoder (``lr``) and fine-tuned encoder blocks (``encoder_lr``).
+
+    ``adam`` (the default) or ``sgd``: plain SGD, no momentum, whose update ``-lr · g`` is linear
+    in the gradient (so a loss scaled by any factor changes the weights; Adam's update is nearly
+    scale-invariant).
 
     Returns:
         ``(optimizer, trained parameters)`` (the latter for gradient clipping).
@@ -274,7 +295,12 @@ def make_optimizer(
     encoder_params = [p for p in model.encoder.parameters() if p.requires_grad]
     if encoder_params and not job.cached:
         groups.append({"params": encoder_params, "lr": params.encoder_lr})
-    optimizer = torch.optim.Adam(groups, weight_decay=params.weight_decay)
+    if params.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(
+            groups, lr=params.lr, momentum=0.0, weight_decay=params.weight_decay
+        )
+    else:
+        optimizer = torch.optim.Adam(groups, weight_decay=params.weight_decay)
     return optimizer, [p for g in groups for p in g["params"]]
 
 

@@ -26,6 +26,8 @@ def test_configuration_base_and_gpu():
         "cell_threshold": 0.5,
         "extra_lexicon": {},
         "progress": True,
+        "allow_empty": False,
+        "min_labelled_fraction": 0.5,
     }
     catalog, gpu = load_config(PROJECT, env="gpu")
     g = gpu["detection"]

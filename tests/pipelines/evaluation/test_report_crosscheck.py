@@ -189,7 +189,8 @@ def _tokenize(captions: dict[int, list[str]]) -> dict[int, list[str]]:
     if shutil.which("java"):
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-        return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
+        coco_format = {k: [{"caption": c} for c in v] for k, v in captions.items()}
+        return PTBTokenizer().tokenize(coco_format)
     return {k: [" ".join(words_of(c)) for c in v] for k, v in captions.items()}
 
 
@@ -258,14 +259,14 @@ def test_attention_correctness_matches_saved_maps_and_masks(evaluation_run, eval
         for m in maps.values():
             np.testing.assert_allclose(m.sum(axis=1), 1.0, rtol=1e-4)
 
-    gen_words = {int(i): str(c).split() for i, c in zip(generated["image_id"], generated["caption"])}
+    gen_words = {
+        int(i): str(c).split() for i, c in zip(generated["image_id"], generated["caption"])
+    }
     ref_words = {int(c): list(t) for c, t in zip(references["caption_id"], references["tokens"])}
     gen_image = {i: i for i in gen_words}
     ref_image = {int(c): int(i) for c, i in zip(references["caption_id"], references["image_id"])}
     truth = _ground_truth_grids(eval_inputs, test_ids, grid, threshold)
-    detected = _detection_grids(
-        eval_inputs, test_ids, grid, threshold, matching["score_threshold"]
-    )
+    detected = _detection_grids(eval_inputs, test_ids, grid, threshold, matching["score_threshold"])
     # Reference captions against pseudo-labels: exactly the pseudo_labels rows of their captions.
     pl = eval_inputs["pseudo_labels"]
     pl = pl[pl["caption_id"].isin(ref_maps)]
