@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -203,3 +205,59 @@ def test_image_id_zero_and_bad_images_tables(toy, tmp_path):
         validate_images_table(nulls)
     with pytest.raises(DetectionConfigError, match=r"repeats image_id\(s\) \[0\]"):
         validate_images_table(images.assign(image_id=[0, 0]))
+
+
+def test_damaged_or_foreign_shards_are_recomputed_with_the_reason(toy, tmp_path, caplog):
+    images = many_images(toy, 8)
+    records = image_records(images, toy.root)
+    inner = AnnotationsBackend(toy.instances, images, include_crowd=True)
+    report = run_sharded(Counting(inner), records, tmp_path / "a", shard_size=2, **SINGLE)
+    folder = Path(report["run_dir"].iat[0])
+    reference, _ = merge_shards(folder, records, 2)
+    # The same shard under other settings (include_crowd=False): another run's folder.
+    other = run_sharded(
+        Counting(AnnotationsBackend(toy.instances, images, include_crowd=False)),
+        records,
+        tmp_path / "b",
+        shard_size=2,
+        **SINGLE,
+    )
+    foreign = Path(other["run_dir"].iat[0]) / "shard-00002.parquet"
+    shard = lambda k: folder / f"shard-{k:05d}.parquet"  # noqa: E731
+    quarantine = lambda k: folder / f"shard-{k:05d}.quarantine.parquet"  # noqa: E731
+    before = {p: p.stat().st_mtime_ns for p in folder.glob("shard-*")}
+
+    shard(0).write_bytes(shard(0).read_bytes()[:-100])  # truncated: no Parquet footer
+    quarantine(1).write_bytes(b"")  # its quarantine file emptied
+    shard(2).write_bytes(foreign.read_bytes())  # copied in from another run
+    pd.read_parquet(shard(3)).to_parquet(shard(3), index=False)  # rewritten without the stamp
+    with pytest.raises(FileNotFoundError, match="4 of 4 detection shards are not finished") as err:
+        merge_shards(folder, records, 2)
+    assert "shard 0: shard-00000.parquet is unreadable or truncated" in str(err.value)
+    assert "damaged shards are recomputed" in str(err.value)
+
+    again = Counting(inner)
+    with caplog.at_level("WARNING", logger="ica_captioning.detection.shards"):
+        rerun = run_sharded(again, records, tmp_path / "a", shard_size=2, **SINGLE)
+    assert again.seen == list(range(1, 9))  # all four shards detected again
+    assert rerun["status"].tolist() == ["done"] * 4
+    reasons = {
+        0: "shard-00000.parquet is unreadable or truncated",
+        1: "shard-00001.quarantine.parquet is unreadable or truncated",
+        2: "shard-00002.parquet is written under other settings",
+        3: "shard-00003.parquet is not stamped by a detection run",
+    }
+    messages = [r.getMessage() for r in caplog.records]
+    for k, reason in reasons.items():
+        assert any(
+            m.startswith(f"detection shard {k} in {folder} is recomputed: {reason}")
+            for m in messages
+        ), (k, messages)
+    assert all(p.stat().st_mtime_ns != t for p, t in before.items())
+    detections, _ = merge_shards(folder, records, 2)
+    pd.testing.assert_frame_equal(detections, reference)
+    # Repaired: a further rerun skips every shard and logs no warning.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ica_captioning.detection.shards"):
+        last = run_sharded(Counting(inner), records, tmp_path / "a", shard_size=2, **SINGLE)
+    assert last["status"].tolist() == ["skipped"] * 4 and not caplog.records

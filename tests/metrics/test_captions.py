@@ -1,4 +1,7 @@
 import math
+import subprocess
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -156,3 +159,70 @@ def test_bad_inputs():
         cm.caption_metrics({1: []}, {1: "a"}, meteor=False, spice=False)
     with pytest.raises(ValueError, match="no captions"):
         cm.caption_metrics({}, {}, meteor=False, spice=False)
+
+
+@pytest.mark.slow
+@needs_java
+def test_meteor_scores_empty_candidates_as_empty_without_failing_or_hanging():
+    meteor = Meteor()  # one JVM for the reference values and the scorer
+    gts, _ = cm.ptb_tokenize(REFERENCES)
+
+    def coco_meteor(candidates):
+        res, _ = cm.ptb_tokenize({k: [c] for k, c in candidates.items()})
+        return meteor.compute_score(gts, res)
+
+    def meteor_of(table):
+        row = table.set_index("metric").loc["METEOR"]
+        assert row["status"] == "ok"
+        return row["value"]
+
+    with_empty = {**CANDIDATES, 2: ""}
+    with cm.CaptionScorer(spice=False, meteor=True) as scorer:
+        scorer._meteor_scorer = meteor
+        got = meteor_of(scorer.score(REFERENCES, with_empty))
+        # coco-caption's value: the empty hypothesis scores 0, its reference still counts.
+        expected, per_image = coco_meteor(with_empty)
+        assert per_image[1] == 0.0 and per_image[0] > 0
+        assert got == pytest.approx(expected, abs=1e-12)
+        assert got < coco_meteor({**CANDIDATES, 2: "a yellow star"})[0]
+        # A caption of white space and line breaks only is just as empty (sent as one line).
+        blank = scorer.score_tokenized(gts, {1: [" \n "], 2: ["\r\n"], 3: ["purple triangles"]})
+        empty = scorer.score_tokenized(gts, {1: [""], 2: [""], 3: ["purple triangles"]})
+        assert 0 < meteor_of(empty) < 1
+        assert meteor_of(blank) == pytest.approx(meteor_of(empty), abs=1e-12)
+        # Nothing but empty candidates: every metric 0, METEOR included.
+        nothing = scorer.score(REFERENCES, dict.fromkeys(REFERENCES, "")).set_index("metric")
+        assert (nothing.loc[["BLEU-4", "METEOR", "ROUGE-L", "CIDEr"], "value"] == 0).all()
+        # The JVM is still in step afterwards: the full candidates score as coco-caption's.
+        again = meteor_of(scorer.score(REFERENCES, CANDIDATES))
+        assert again == pytest.approx(coco_meteor(CANDIDATES)[0], abs=1e-12)
+    assert meteor.meteor_p.poll() is not None  # close() stopped the JVM
+
+
+def test_failed_meteor_exchange_raises_and_does_not_hang(monkeypatch):
+    # A METEOR wrapper whose JVM has already died (no java needed): pycocoevalcap's
+    # compute_score fails while holding its lock; the scorer must release it, stop the process
+    # and raise — closing it afterwards must return at once instead of waiting on the lock.
+    monkeypatch.setattr(cm, "meteor_availability", lambda: cm.Availability(True))
+    dead = Meteor.__new__(Meteor)
+    dead.meteor_p = subprocess.Popen(
+        [sys.executable, "-c", "pass"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    dead.meteor_p.wait()
+    dead.lock = threading.Lock()
+    scorer = cm.CaptionScorer(spice=False, meteor=True)
+    scorer._meteor_scorer = dead
+    try:
+        with pytest.raises(RuntimeError, match="METEOR failed .*evaluation.metrics.meteor=false"):
+            scorer.score_tokenized({1: ["a red circle"]}, {1: ["a red circle"]})
+        assert not dead.lock.locked() and scorer._meteor_scorer is None
+        closing = threading.Thread(target=scorer.close, daemon=True)
+        closing.start()
+        closing.join(timeout=10)
+        assert not closing.is_alive()
+    finally:
+        if dead.lock.locked():  # only after a failure above: let garbage collection finish
+            dead.lock.release()

@@ -138,6 +138,7 @@ def test_weights_from_local_file(tmp_path):
 
 def test_fine_tuning_switch():
     enc = Encoder(**encoder_kwargs(layer="layer3", fine_tune_blocks=1))
+    assert not enc.stem[1].training  # BatchNorm frozen from construction on
     trainable = {
         n.split(".")[0] + "." + n.split(".")[1]
         for n, p in enc.named_parameters()

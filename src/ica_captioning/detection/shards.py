@@ -9,7 +9,10 @@ then checks that every shard exists and concatenates them.
 
 Shards live in ``<shards_dir>/<backend>-<fingerprint>/``: the fingerprint hashes everything that
 changes the output (backend settings, images table, shard size), so changing a setting starts a
-fresh folder instead of silently mixing old and new detections.
+fresh folder instead of silently mixing old and new detections. Every shard file also carries a
+stamp in its Parquet metadata (the run fingerprint and its own file name): a rerun recomputes a
+shard whose file is unreadable (truncated), unstamped or stamped by another run (a file copied
+in, written under other settings), and logs why; :func:`merge_shards` refuses such a shard.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ica_captioning.data.tables import quarantine_frame, quarantine_row
@@ -39,13 +44,64 @@ logger = logging.getLogger(__name__)
 SHARD_PATTERN = "shard-{:05d}.parquet"
 QUARANTINE_PATTERN = "shard-{:05d}.quarantine.parquet"
 PREFLIGHT = "preflight.quarantine.parquet"
+#: Parquet metadata key of a shard file's stamp: ``{"run": fingerprint, "file": file name}``.
+STAMP_KEY = b"ica_captioning.detection_shard"
 
 
-def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
-    """Write Parquet so that ``path`` exists only when complete (a kill leaves a temp file)."""
+def _atomic_parquet(frame: pd.DataFrame, path: Path, run: str) -> None:
+    """Write stamped Parquet so that ``path`` exists only when complete (a kill leaves a temp).
+
+    The stamp (:data:`STAMP_KEY`) names the run fingerprint and the file, so a file copied in
+    from another run or written under other settings is recognised (:func:`shard_file_problem`).
+    """
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    stamp = json.dumps({"run": run, "file": path.name}).encode("utf-8")
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), STAMP_KEY: stamp})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_parquet(tmp, index=False)
+    pq.write_table(table, tmp)
     os.replace(tmp, path)
+
+
+def shard_file_problem(path: Path, run: str) -> str | None:
+    """Why an existing shard file cannot be used by run ``run``, or None when it can.
+
+    Reads only the Parquet footer: a truncated file has none and is reported unreadable.
+    """
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except Exception as err:  # noqa: BLE001 - any failure to read it makes it unusable
+        return f"unreadable or truncated ({type(err).__name__}: {str(err)[:200]})"
+    raw = metadata.get(STAMP_KEY)
+    if raw is None:
+        return "not stamped by a detection run (written by another version or tool)"
+    try:
+        stamp = json.loads(raw)
+    except ValueError:
+        return f"its stamp is unreadable ({raw[:80]!r})"
+    expected = {"run": run, "file": path.name}
+    if stamp != expected:
+        return (
+            f"written under other settings or for another file (stamp {stamp}, expected {expected})"
+        )
+    return None
+
+
+def shard_problem(folder: Path, k: int, run: str) -> str | None:
+    """Why finished shard ``k`` of run ``run`` cannot be used (None: it can; "missing": not there).
+
+    A shard is finished when its detections file exists (it is written last); both of its files
+    must then be readable and stamped by this run.
+    """
+    det = folder / SHARD_PATTERN.format(k)
+    if not det.exists():
+        return "missing"
+    for path in (det, folder / QUARANTINE_PATTERN.format(k)):
+        if not path.exists():
+            return f"{path.name} is missing"
+        problem = shard_file_problem(path, run)
+        if problem is not None:
+            return f"{path.name} is {problem}"
+    return None
 
 
 def run_fingerprint(
@@ -69,6 +125,11 @@ def run_dir(
 ) -> Path:
     """Folder of the shards of this configuration."""
     return Path(shards_dir) / f"{backend.name}-{run_fingerprint(backend, records, shard_size)}"
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    """The run fingerprint in a run folder's name (``<backend>-<fingerprint>``, :func:`run_dir`)."""
+    return folder.name.rpartition("-")[2]
 
 
 def _check_sharding(shard_size: int, shard_index: int, num_shards: int) -> None:
@@ -109,6 +170,7 @@ def run_sharded(
     """
     _check_sharding(shard_size, shard_index, num_shards)
     folder = run_dir(shards_dir, backend, records, shard_size)
+    run = _folder_fingerprint(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(
         json.dumps(
@@ -118,11 +180,20 @@ def run_sharded(
         )
     )
     preflight = folder / PREFLIGHT
-    if not preflight.exists():
-        _atomic_parquet(quarantine_frame(backend.preflight_quarantine()), preflight)
+    problem = shard_file_problem(preflight, run) if preflight.exists() else None
+    if problem is not None:
+        logger.warning("detection preflight file %s is %s: writing it again", preflight, problem)
+    if not preflight.exists() or problem is not None:
+        _atomic_parquet(quarantine_frame(backend.preflight_quarantine()), preflight, run)
     total = -(-len(records) // shard_size)
     mine = [k for k in range(total) if k % num_shards == shard_index]
-    todo = [k for k in mine if not (folder / SHARD_PATTERN.format(k)).exists()]
+    todo = []
+    for k in mine:
+        problem = shard_problem(folder, k, run)
+        if problem not in (None, "missing"):
+            logger.warning("detection shard %d in %s is recomputed: %s", k, folder, problem)
+        if problem is not None:
+            todo.append(k)
     n_todo = sum(len(records[k * shard_size : (k + 1) * shard_size]) for k in todo)
     logger.info(
         "detection (%s) in %s: %d shard(s) of %d for this process, %d already finished",
@@ -156,8 +227,10 @@ def run_sharded(
                 quarantine.extend(bad)
                 bar.update(len(batch))
             # Quarantine first: the detections file's existence marks the shard as finished.
-            _atomic_parquet(quarantine_frame(quarantine), folder / QUARANTINE_PATTERN.format(k))
-            _atomic_parquet(detections_frame(results), folder / SHARD_PATTERN.format(k))
+            _atomic_parquet(
+                quarantine_frame(quarantine), folder / QUARANTINE_PATTERN.format(k), run
+            )
+            _atomic_parquet(detections_frame(results), folder / SHARD_PATTERN.format(k), run)
             report.append(
                 {
                     "shard": k,
@@ -227,17 +300,23 @@ def merge_shards(
         shard_size: images per shard (the one the run was made with).
 
     Raises:
-        FileNotFoundError: some shards are not finished (names them and how to finish them).
+        FileNotFoundError: some shards are not finished, or damaged (names them, why, and how
+            to finish them).
         RuntimeError: an image is neither in the detections nor in the quarantine.
     """
     folder = Path(folder)
     total = -(-len(records) // int(shard_size))
-    missing = [k for k in range(total) if not (folder / SHARD_PATTERN.format(k)).exists()]
+    run = _folder_fingerprint(folder)
+    problems = {k: shard_problem(folder, k, run) for k in range(total)}
+    missing = [k for k, problem in problems.items() if problem is not None]
     if missing:
+        damaged = [f"shard {k}: {problems[k]}" for k in missing if problems[k] != "missing"]
+        detail = f"; damaged: {'; '.join(damaged[:3])}" if damaged else ""
         raise FileNotFoundError(
             f"{len(missing)} of {total} detection shards are not finished in {folder} "
-            f"(e.g. {missing[:10]}): run `kedro run --pipeline detection` again (with the "
-            "detection.shard_index / num_shards of the processes that own them) to finish them"
+            f"(e.g. {missing[:10]}{detail}): run `kedro run --pipeline detection` again (with "
+            "the detection.shard_index / num_shards of the processes that own them) to finish "
+            "them; damaged shards are recomputed"
         )
     frames = [pd.read_parquet(folder / SHARD_PATTERN.format(k)) for k in range(total)]
     bad = [pd.read_parquet(folder / PREFLIGHT)] if (folder / PREFLIGHT).exists() else []

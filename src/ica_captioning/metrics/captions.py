@@ -11,6 +11,13 @@ reason instead of raising:
 * PTB tokenisation and METEOR need ``java``. Without it the text is tokenised by a Python
   approximation (lower-case, PTB punctuation removed; reported in ``status``) and METEOR is
   unavailable.
+* An empty candidate (no words: the decoder ended at once, or only punctuation or white space)
+  is scored as empty by every metric. METEOR gets it as an empty hypothesis, which METEOR 1.5
+  scores 0 while its first reference's length still counts in the corpus recall, exactly as in
+  coco-caption's evaluation (checked on Java 17: no failure, no hang). Every caption reaches
+  METEOR's line-based stdin protocol as one line, so white space or line breaks inside a caption
+  cannot desynchronise it; should the exchange fail anyway, the JVM is stopped and an error
+  raised instead of leaving a locked, half-read process behind.
 * SPICE needs ``spice-1.0.jar``, Stanford CoreNLP 3.6.0 (``stanford-corenlp-3.6.0.jar`` and
   ``-models.jar`` in ``pycocoevalcap/spice/lib``, which its constructor would otherwise download)
   and a Java whose major version is at most 13 (its LMDB cache and Kryo serialisation fail on newer
@@ -208,6 +215,17 @@ def ptb_tokenize(captions: Mapping[Any, Sequence[str]]) -> tuple[dict[Any, list[
     return out, "ptb"
 
 
+def _stop_jvm(process: subprocess.Popen) -> None:
+    """Close the JVM's stdin, kill it and reap it (each a no-op when already done)."""
+    if process.stdin is not None and not process.stdin.closed:
+        try:
+            process.stdin.close()
+        except OSError:  # a dead JVM's pipe may fail to flush on close
+            pass
+    process.kill()
+    process.wait()
+
+
 def _row(metric: str, value: float, status: str = "ok", reason: str = "") -> dict[str, Any]:
     return {"metric": metric, "value": float(value), "status": status, "reason": reason}
 
@@ -240,11 +258,47 @@ class CaptionScorer:
         scorer, self._meteor_scorer = self._meteor_scorer, None
         if scorer is not None:
             with scorer.lock:
-                scorer.meteor_p.stdin.close()
-                scorer.meteor_p.kill()
-                scorer.meteor_p.wait()
+                _stop_jvm(scorer.meteor_p)
             # pycocoevalcap's own __del__ repeats these calls later; on a closed pipe and a
             # reaped process they are no-ops.
+
+    def _meteor(self, gts: Mapping[Any, list[str]], res: Mapping[Any, list[str]]) -> float:
+        """Corpus METEOR 1.5 of tokenised captions, through one JVM started on first use.
+
+        Each caption is sent as one line (runs of white space, line breaks included, become one
+        space; PTB-tokenised text is unchanged by it). An empty candidate goes as an empty
+        hypothesis: METEOR scores it 0 and counts its reference (module docstring).
+
+        Raises:
+            RuntimeError: the exchange with the JVM failed; the JVM is stopped and forgotten
+                (the next call starts a fresh one).
+        """
+        if self._meteor_scorer is None:
+            from pycocoevalcap.meteor.meteor import Meteor
+
+            self._meteor_scorer = Meteor()
+        scorer = self._meteor_scorer
+
+        def one_line(captions: Sequence[str]) -> list[str]:
+            return [" ".join(str(c).split()) for c in captions]
+
+        try:
+            value, _ = scorer.compute_score(
+                {k: one_line(v) for k, v in gts.items()}, {k: one_line(v) for k, v in res.items()}
+            )
+        except Exception as err:
+            # pycocoevalcap's compute_score keeps its lock when it fails: release it, or stopping
+            # the JVM (close, or the wrapper's __del__) would wait on it forever.
+            self._meteor_scorer = None
+            if scorer.lock.locked():
+                scorer.lock.release()
+            with scorer.lock:
+                _stop_jvm(scorer.meteor_p)
+            raise RuntimeError(
+                f"METEOR failed ({type(err).__name__}: {str(err)[:300]}); its JVM was stopped. "
+                "Set evaluation.metrics.meteor=false to report the other metrics without it."
+            ) from err
+        return float(value)
 
     def score(
         self,
@@ -304,12 +358,7 @@ class CaptionScorer:
         elif not meteor_avail.available:
             rows.append(_row("METEOR", np.nan, "unavailable", meteor_avail.reason))
         else:
-            if self._meteor_scorer is None:
-                from pycocoevalcap.meteor.meteor import Meteor
-
-                self._meteor_scorer = Meteor()
-            value, _ = self._meteor_scorer.compute_score(gts, res)
-            rows.append(_row("METEOR", value))
+            rows.append(_row("METEOR", self._meteor(gts, res)))
 
         rows.append(_row("ROUGE-L", Rouge().compute_score(gts, res)[0]))
         rows.append(_row("CIDEr", Cider().compute_score(gts, res)[0]))

@@ -144,6 +144,9 @@ class Encoder(nn.Module):
         self.fine_tune_blocks = int(fine_tune_blocks)
         self.set_fine_tuning(self.fine_tune_blocks)
         self.image_size = int(image_size)
+        # BatchNorm frozen from the start, not only after the first .train()/.eval() call: the
+        # standardisation statistics of a fine-tuned encoder are fitted before that call.
+        self.train(self.training)
 
     def _probe_dim(self) -> int:
         last = self.blocks[-1][-1]
