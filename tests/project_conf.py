@@ -32,3 +32,19 @@ def encoder_kwargs(**overrides: Any) -> dict[str, Any]:
     enc = section("train")["encoder"]
     enc.pop("standardize")  # a captioner setting, not the encoder's
     return {**enc, **overrides}
+
+
+def scope_of(project: Path, runtime_params: dict | None = None, env: str | None = None) -> str:
+    """The dataset scope (folder in each data layer) of a run of ``project`` with these params."""
+    from kedro.config import OmegaConfigLoader
+
+    from ica_captioning import settings
+    from ica_captioning.hooks import apply_dataset_scope
+
+    loader = OmegaConfigLoader(
+        conf_source=str(project / "conf"),
+        env=env,
+        runtime_params=runtime_params or {},
+        **settings.CONFIG_LOADER_ARGS,
+    )
+    return apply_dataset_scope(loader)

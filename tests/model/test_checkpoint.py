@@ -6,9 +6,8 @@ import io
 
 import pytest
 import torch
-from tiny_data import make_tiny_dataset, tiny_config
+from tiny_data import make_tiny_dataset, tiny_config, train_tiny
 
-from ica_captioning.training import train_captioner
 from ica_captioning.training.checkpoint import CorruptCheckpointError
 
 
@@ -17,15 +16,7 @@ def data(tmp_path_factory):
     return make_tiny_dataset(tmp_path_factory.mktemp("tiny"), n_train=2, n_val=1)
 
 
-def _train(cfg, data):
-    return train_captioner(
-        cfg,
-        data["images"],
-        data["encoded_captions"],
-        data["pseudo_labels"],
-        data["vocabulary"],
-        data["images_dir"],
-    )
+_train = train_tiny
 
 
 def _saved(obj) -> bytes:

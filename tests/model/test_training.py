@@ -7,14 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from tiny_data import make_tiny_dataset, tiny_config
+from tiny_data import make_tiny_dataset, tiny_config, train_tiny
 
 from ica_captioning.model import build_captioner, load_captioner
 from ica_captioning.training import (
     NonFiniteLossError,
     NoTrainingLabelsError,
     prepare_job,
-    train_captioner,
 )
 from ica_captioning.training import job as job_mod
 from ica_captioning.training import loop as loop_mod
@@ -25,16 +24,7 @@ def data(tmp_path_factory):
     return make_tiny_dataset(tmp_path_factory.mktemp("tiny"))
 
 
-def _train(cfg, data, **kw):
-    return train_captioner(
-        cfg,
-        data["images"],
-        data["encoded_captions"],
-        data["pseudo_labels"],
-        data["vocabulary"],
-        data["images_dir"],
-        **kw,
-    )
+_train = train_tiny
 
 
 def _assert_same_weights(a, b):

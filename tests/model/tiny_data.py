@@ -122,3 +122,18 @@ def tiny_config(tmp_path: Path, **overrides) -> TrainParams:
         },
     )
     return TrainParams.resolve(section("train"), deep_merge(base, overrides))
+
+
+def train_tiny(cfg: TrainParams, data: dict, **kwargs):
+    """``train_captioner`` on a :func:`make_tiny_dataset` dataset."""
+    from ica_captioning.training import train_captioner
+
+    return train_captioner(
+        cfg,
+        data["images"],
+        data["encoded_captions"],
+        data["pseudo_labels"],
+        data["vocabulary"],
+        data["images_dir"],
+        **kwargs,
+    )

@@ -16,6 +16,7 @@ from kedro.framework.context.context import _convert_paths_to_absolute_posix
 from kedro.io import DataCatalog
 from kedro.pipeline import Pipeline
 from kedro.runner import SequentialRunner
+from project_conf import scope_of  # noqa: F401  (re-exported for the tests)
 
 from ica_captioning import settings
 from ica_captioning.hooks import apply_dataset_scope
@@ -28,19 +29,6 @@ def _param_entries(name: str, value: Any, out: dict[str, Any]) -> None:
     if isinstance(value, dict):
         for key, sub in value.items():
             _param_entries(f"{name}.{key}", sub, out)
-
-
-def scope_of(
-    project: Path, runtime_params: dict[str, Any] | None = None, env: str | None = None
-) -> str:
-    """The dataset scope (folder under each data layer) of a run with these parameters."""
-    loader = OmegaConfigLoader(
-        conf_source=str(project / "conf"),
-        env=env,
-        runtime_params=runtime_params or {},
-        **settings.CONFIG_LOADER_ARGS,
-    )
-    return apply_dataset_scope(loader)
 
 
 def load_config(

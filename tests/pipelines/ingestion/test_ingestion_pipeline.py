@@ -21,6 +21,7 @@ from kedro.config import OmegaConfigLoader
 from kedro.framework.context.context import _convert_paths_to_absolute_posix
 from kedro.io import DataCatalog
 from kedro.runner import SequentialRunner
+from project_conf import scope_of  # noqa: F401  (re-exported for the tests)
 
 from ica_captioning import settings
 from ica_captioning.data.tables import DataQualityError
@@ -36,19 +37,6 @@ def _param_entries(name: str, value: Any, out: dict[str, Any]) -> None:
     if isinstance(value, dict):
         for key, sub in value.items():
             _param_entries(f"{name}.{key}", sub, out)
-
-
-def scope_of(
-    project_path: Path, runtime_params: dict[str, Any] | None = None, env: str | None = None
-) -> str:
-    """The dataset scope (folder under each data layer) of a run with these parameters."""
-    loader = OmegaConfigLoader(
-        conf_source=str(project_path / "conf"),
-        env=env,
-        runtime_params=runtime_params or {},
-        **settings.CONFIG_LOADER_ARGS,
-    )
-    return apply_dataset_scope(loader)
 
 
 def load_project_config(
