@@ -1,9 +1,9 @@
-"""Batched beam search vs a straightforward one-image-at-a-time beam search.
+"""Batched beam search vs straightforward one-image-at-a-time beam searches.
 
-Same model (a randomly initialised real Show-Attend-Tell captioner from ``ica_captioning.model``,
-default embedded-dataset sizes), same images, same beam size and maximum length. Checks the
-captions are identical and prints the throughput ratio measured in this run (best of
-``--repeats`` timings of each, run alternately).
+Default mode: same model (a randomly initialised real Show-Attend-Tell captioner from
+``ica_captioning.model``, default embedded-dataset sizes), same images, same beam size and
+maximum length. Checks the captions are identical and prints the throughput ratio measured in
+this run (best of ``--repeats`` timings of each, run alternately).
 
     python benchmarks/bench_beam_search.py [--images 64] [--beam 5] [--max-len 16] [--threads 1]
         [--repeats 3] [--grid 14] [--attention-dim 128] [--device cpu]
@@ -14,12 +14,24 @@ adds is amortising the decoder's weights over many rows (the per-image LSTM matm
 weight-bandwidth bound) and the per-step Python/dispatch work. The attention's elementwise work
 (``R·L·A`` per step) is the same either way; the decoder's CPU inference path makes it cheap
 (``docs/training.md``, "How the attention is computed"), which is what lets batching show on a CPU.
+
+Paper dimensions (``--paper-dims``): the project's ``AttentionDecoder`` at D = E = H = A = 512,
+L = 196 (grid 14), V = 5000, 32 images, beam 5, at most 19 words (``attention_init_scale`` and
+dropout from ``conf/base``); random standardised features, no encoder. The ``<end>`` bias is
+calibrated by bisection so that the batched search's captions average ``--target-len`` words, so
+captions end at varied lengths as a trained model's do, and a second reference joins: the
+Show-Attend-Tell tutorial's per-image search whose beam shrinks as hypotheses finish
+(:func:`shrinking_beam_search`). ``--threads 1 2`` times each thread count in one run.
+
+    python benchmarks/bench_beam_search.py --paper-dims --threads 1 2 --repeats 3 [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -27,6 +39,19 @@ from ica_captioning.decoding import beam_search_features
 from ica_captioning.tokens import END_ID, PAD_ID, START_ID, UNK_ID
 
 BANNED = (PAD_ID, START_ID, UNK_ID)
+
+#: ``--paper-dims``: Show-Attend-Tell at the paper's sizes (COCO vocabulary of ~5000 words).
+PAPER_DIMS = dict(
+    images=32,
+    beam=5,
+    max_len=19,
+    vocab=5000,
+    grid=14,
+    feature_dim=512,
+    embed_dim=512,
+    hidden_dim=512,
+    attention_dim=512,
+)
 
 
 @torch.inference_mode()
@@ -36,6 +61,7 @@ def per_image_beam_search(decoder, features, beam_size, max_len):
     Like the textbook (e.g. Show-Attend-Tell tutorials) it copies the image to the ``K`` beams
     (an ``expand``, no copy); it also gets the saving the batched search has: the decoder's
     per-image state slots (``image_state_slots``, identical for all beams) are never reordered.
+    Same algorithm as the batched search (finished beams stay, score frozen), same captions.
     """
     k = beam_size
     image_slots = set(getattr(decoder, "image_state_slots", ()))
@@ -72,29 +98,104 @@ def per_image_beam_search(decoder, features, beam_size, max_len):
     return [w for w in best if w not in (END_ID, PAD_ID)]
 
 
+@torch.inference_mode()
+def shrinking_beam_search(decoder, features, beam_size, max_len):
+    """The Show-Attend-Tell tutorial's per-image beam search (its ``eval.py``), ONE image.
+
+    ``features [1, L, D]``. Step 0 decodes the single ``<start>`` row and keeps the top ``k``
+    words. Whenever a kept candidate is ``<end>``, its sequence is set aside as complete and the
+    beam shrinks (``k -= 1``); the search stops when ``k`` reaches 0 or after the step that may
+    end a ``max_len``-word caption (continuations past the cap are dropped). The answer is the
+    complete sequence of best score (raw log-probability including ``<end>``); if none completed,
+    the best live one (``max_len`` words). Like the other searches it never emits ``BANNED``.
+
+    Features and the decoder's per-image state slots stay at one row (``image_state_slots``,
+    docs/contracts.md); a decoder without them gets the features expanded to the live beams.
+    """
+    slots = getattr(decoder, "image_state_slots", None)
+    image_slots = set(slots or ())
+    k = beam_size
+    dev = features.device
+    feats = features  # [1, L, D]; expanded to [k, L, D] for a decoder without image slots
+    state = tuple(decoder.init_state(features))  # 1 row
+    inputs = torch.full((1,), START_ID, dtype=torch.long, device=dev)
+    scores = torch.zeros(1, device=dev)
+    seqs = torch.zeros(1, 0, dtype=torch.long, device=dev)
+    complete: list[list[int]] = []
+    complete_scores: list[float] = []
+    banned = list(BANNED)
+    for t in range(max_len + 1):
+        logits, _, state = decoder.step(feats, inputs, state)
+        logp = torch.log_softmax(logits, -1)  # [k, V]
+        logp[:, banned] = float("-inf")
+        vocab = logp.shape[1]
+        top, idx = (scores[:, None] + logp).view(-1).topk(k)  # [k]
+        src, tok = idx // vocab, idx % vocab
+        ended = tok == END_ID
+        n_ended = int(ended.sum())
+        if n_ended:
+            for j in ended.nonzero().view(-1).tolist():
+                complete.append(seqs[src[j]].tolist())
+                complete_scores.append(float(top[j]))
+            k -= n_ended
+        if k == 0 or t == max_len:
+            break
+        live = ~ended
+        src, tok, scores = src[live], tok[live], top[live]
+        seqs = torch.cat([seqs[src], tok[:, None]], 1)
+        state = tuple(
+            s if i in image_slots else s.index_select(0, src) for i, s in enumerate(state)
+        )
+        if slots is None:
+            feats = features.expand(k, *features.shape[1:])
+        inputs = tok
+    if complete:
+        return complete[max(range(len(complete)), key=complete_scores.__getitem__)]
+    return seqs[int(scores.argmax())].tolist()
+
+
+class CountingDecoder:
+    """Forwards ``init_state``/``step`` to a decoder and counts steps and decoded rows."""
+
+    def __init__(self, decoder) -> None:
+        self.decoder = decoder
+        self.steps = 0
+        self.rows = 0
+        if hasattr(decoder, "image_state_slots"):
+            self.image_state_slots = decoder.image_state_slots
+
+    def init_state(self, features):
+        return self.decoder.init_state(features)
+
+    def step(self, features, tokens, state):
+        self.steps += 1
+        self.rows += int(tokens.shape[0])
+        return self.decoder.step(features, tokens, state)
+
+
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--beam", type=int, default=5)
-    parser.add_argument("--max-len", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--repeats", type=int, default=3, help="timings of each; best is kept")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda")
-    parser.add_argument("--vocab", type=int, default=60)
-    parser.add_argument("--grid", type=int, default=14, help="attention grid G (L = G*G)")
-    parser.add_argument("--attention-dim", type=int, default=128)
-    parser.add_argument("--hidden-dim", type=int, default=256)
-    parser.add_argument("--sharpness", type=float, default=8.0, help="scale of output weights")
-    parser.add_argument("--end-bias", type=float, default=2.0, help="subtracted from <end> logit")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+def time_alternating(
+    paths: dict[str, Callable[[], object]], repeats: int
+) -> tuple[dict[str, list[float]], dict[str, object]]:
+    """Run every path ``repeats`` times, alternating; returns all timings and the last outputs."""
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    outputs: dict[str, object] = {}
+    for _ in range(repeats):  # alternate, so a slow spell of the machine hits all paths
+        for name, fn in paths.items():
+            sync()
+            t0 = time.perf_counter()
+            outputs[name] = fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return times, outputs
 
+
+def default_mode(args) -> None:
+    torch.manual_seed(0)
     try:
         from ica_captioning.model.captioner import build_captioner
         from ica_captioning.params.conf import model_params
@@ -124,45 +225,298 @@ def main() -> None:
     print(f"model: {what}; grid {g}x{g}, features {tuple(features.shape)}, vocab {args.vocab}")
 
     kw = dict(start_id=START_ID, end_id=END_ID, pad_id=PAD_ID, banned_ids=BANNED)
-    # Warm-up both paths (allocator, lazy init) on a few images so neither pays first-call costs.
-    beam_search_features(decoder, features[:4], beam_size=args.beam, max_len=args.max_len, **kw)
-    for i in range(2):
-        per_image_beam_search(decoder, features[i : i + 1], args.beam, args.max_len)
-    t_batched, t_loop = [], []
-    for _ in range(args.repeats):  # alternate, so a slow spell of the machine hits both
-        sync()
-        t0 = time.perf_counter()
-        batched = beam_search_features(
-            decoder, features, beam_size=args.beam, max_len=args.max_len, **kw
-        )
-        sync()
-        t_batched.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        loop = [
+    all_same = True
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        # Warm-up both paths (allocator, lazy init) on a few images: no first-call costs.
+        beam_search_features(decoder, features[:4], beam_size=args.beam, max_len=args.max_len, **kw)
+        for i in range(2):
             per_image_beam_search(decoder, features[i : i + 1], args.beam, args.max_len)
-            for i in range(features.shape[0])
-        ]
-        sync()
-        t_loop.append(time.perf_counter() - t0)
-
-    same = batched.token_lists() == loop
-    mean_len = float(batched.lengths.float().mean())
-    print(
-        f"{args.images} images, beam {args.beam}, max_len {args.max_len}, "
-        f"mean caption length {mean_len:.1f}, device {args.device}, "
-        f"{torch.get_num_threads()} CPU thread(s)"
-    )
-    best_b, best_l = min(t_batched), min(t_loop)
-    print(f"batched beam search : {best_b:8.3f} s  ({args.images / best_b:8.1f} images/s)")
-    print(f"per-image beam search: {best_l:8.3f} s  ({args.images / best_l:8.1f} images/s)")
-    print(
-        f"  (best of {args.repeats}; all batched {[round(t, 3) for t in t_batched]}, "
-        f"all per-image {[round(t, 3) for t in t_loop]})"
-    )
-    print(f"identical captions: {same}")
-    print(f"throughput ratio (batched / per-image): {best_l / best_b:.1f}x")
-    if not same:
+        times, out = time_alternating(
+            {
+                "batched": lambda: beam_search_features(
+                    decoder, features, beam_size=args.beam, max_len=args.max_len, **kw
+                ),
+                "per-image": lambda: [
+                    per_image_beam_search(decoder, features[i : i + 1], args.beam, args.max_len)
+                    for i in range(features.shape[0])
+                ],
+            },
+            args.repeats,
+        )
+        batched, loop = out["batched"], out["per-image"]
+        t_batched, t_loop = times["batched"], times["per-image"]
+        same = batched.token_lists() == loop
+        all_same &= same
+        mean_len = float(batched.lengths.float().mean())
+        print(
+            f"{args.images} images, beam {args.beam}, max_len {args.max_len}, "
+            f"mean caption length {mean_len:.1f}, device {args.device}, "
+            f"{torch.get_num_threads()} CPU thread(s)"
+        )
+        best_b, best_l = min(t_batched), min(t_loop)
+        print(f"batched beam search : {best_b:8.3f} s  ({args.images / best_b:8.1f} images/s)")
+        print(f"per-image beam search: {best_l:8.3f} s  ({args.images / best_l:8.1f} images/s)")
+        print(
+            f"  (best of {args.repeats}; all batched {[round(t, 3) for t in t_batched]}, "
+            f"all per-image {[round(t, 3) for t in t_loop]})"
+        )
+        print(f"identical captions: {same}")
+        print(f"throughput ratio (batched / per-image): {best_l / best_b:.1f}x")
+    if not all_same:
         raise SystemExit("captions differ between batched and per-image beam search")
+
+
+def paper_features(n: int, cells: int, dim: int, seed: int) -> torch.Tensor:
+    """Random stand-ins for standardised encoder features ``[n, cells, dim]`` (seeded).
+
+    Post-ReLU activations (sparse, non-negative, with a per-image offset per channel, so images
+    differ in their mean annotation as real ones do), then standardised per channel over all
+    cells of all images like the captioner's ``normalize`` (zero mean, unit variance).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    raw = torch.relu(
+        torch.randn(n, cells, dim, generator=gen) + torch.randn(n, 1, dim, generator=gen)
+    )
+    mean = raw.mean(dim=(0, 1))
+    std = raw.std(dim=(0, 1)).clamp_min(1e-6)
+    return (raw - mean) / std
+
+
+def calibrate_end_bias(decoder, features, *, beam, max_len, target, lo, hi, iters, tol, kw):
+    """Bisection on ``delta`` added to ``decoder.out.bias[END_ID]`` until the batched search's
+    mean caption length on ``features`` is within ``tol`` of ``target`` (mean length falls as
+    ``delta`` grows). Leaves the best ``delta`` found applied; returns it and the trace.
+    """
+    base = float(decoder.out.bias[END_ID])
+
+    def mean_len(delta: float) -> float:
+        with torch.no_grad():
+            decoder.out.bias[END_ID] = base + delta
+        out = beam_search_features(decoder, features, beam_size=beam, max_len=max_len, **kw)
+        return float(out.lengths.float().mean())
+
+    trace = []
+    for delta in (lo, hi):
+        trace.append((delta, mean_len(delta)))
+    if not trace[0][1] >= target >= trace[1][1]:
+        raise SystemExit(f"--end-bias-range {lo} {hi} does not bracket length {target}: {trace}")
+    best = min(trace, key=lambda dm: abs(dm[1] - target))
+    for _ in range(iters):
+        if abs(best[1] - target) <= tol:
+            break
+        mid = 0.5 * (lo + hi)
+        m = mean_len(mid)
+        trace.append((mid, m))
+        if abs(m - target) < abs(best[1] - target):
+            best = (mid, m)
+        if m > target:  # too long: make <end> likelier
+            lo = mid
+        else:
+            hi = mid
+    with torch.no_grad():
+        decoder.out.bias[END_ID] = base + best[0]
+    return best[0], trace
+
+
+def paper_mode(args) -> None:
+    from ica_captioning.model.decoder import AttentionDecoder
+    from ica_captioning.params.conf import load_parameters
+
+    conf = load_parameters()["train"]["decoder"]
+    dims = PAPER_DIMS
+    cells = args.grid * args.grid
+    torch.manual_seed(args.seed)
+    decoder = AttentionDecoder(
+        vocab_size=args.vocab,
+        feature_dim=dims["feature_dim"],
+        embed_dim=dims["embed_dim"],
+        hidden_dim=dims["hidden_dim"],
+        attention_dim=dims["attention_dim"],
+        dropout=float(conf["dropout"]),
+        attention_init_scale=float(conf["attention_init_scale"]),
+    ).eval()
+    decoder = decoder.to(args.device)
+    features = paper_features(args.images, cells, dims["feature_dim"], args.seed + 1)
+    features = features.to(args.device)
+    calib = paper_features(args.calib_images, cells, dims["feature_dim"], args.seed + 2)
+    calib = calib.to(args.device)
+    # A random decoder's 5000-way distribution is nearly flat (top word log p ~ -6.5). Scale the
+    # output layer's weights (--sharpness) so the chosen words are about as probable as a trained
+    # model's, then calibrate the <end> bias so captions end at realistic, varied lengths.
+    with torch.no_grad():
+        decoder.out.weight.mul_(args.sharpness)
+    kw = dict(start_id=START_ID, end_id=END_ID, pad_id=PAD_ID, banned_ids=BANNED)
+    beam, max_len = args.beam, args.max_len
+    print(
+        f"decoder: ica_captioning.model.decoder.AttentionDecoder, random init (seed {args.seed}), "
+        f"D={dims['feature_dim']} E={dims['embed_dim']} H={dims['hidden_dim']} "
+        f"A={dims['attention_dim']} L={cells} (grid {args.grid}) V={args.vocab}, "
+        f"attention_init_scale={conf['attention_init_scale']} (conf/base), "
+        f"output weights x{args.sharpness}"
+    )
+    print(
+        f"features: {tuple(features.shape)} random post-ReLU, standardised per channel; "
+        f"beam {beam}, at most {max_len} words, device {args.device}"
+    )
+    torch.set_num_threads(args.threads[0])
+    t0 = time.perf_counter()
+    delta, trace = calibrate_end_bias(
+        decoder,
+        calib,
+        beam=beam,
+        max_len=max_len,
+        target=args.target_len,
+        lo=args.end_bias_range[0],
+        hi=args.end_bias_range[1],
+        iters=args.calib_iters,
+        tol=args.calib_tol,
+        kw=kw,
+    )
+    print(
+        f"<end> bias calibration on {args.calib_images} other images (batched search, "
+        f"{time.perf_counter() - t0:.0f} s): delta {delta:+.3f} -> mean length "
+        + ", ".join(f"{d:+.2f}:{m:.1f}" for d, m in trace)
+    )
+
+    # Work done by each search (untimed): decoder steps and decoded rows, caption lengths.
+    counted = {}
+    for name in ("batched", "per-image", "shrinking"):
+        cd = CountingDecoder(decoder)
+        if name == "batched":
+            out = beam_search_features(cd, features, beam_size=beam, max_len=max_len, **kw)
+            caps = out.token_lists()
+        else:
+            fn = per_image_beam_search if name == "per-image" else shrinking_beam_search
+            caps = [fn(cd, features[i : i + 1], beam, max_len) for i in range(args.images)]
+        counted[name] = (cd.steps, cd.rows, caps)
+    for name, (steps, rows, caps) in counted.items():
+        lens = [len(c) for c in caps]
+        at_cap = sum(n == max_len for n in lens)
+        print(
+            f"  {name:9s}: caption length mean {statistics.fmean(lens):.1f}, "
+            f"sd {statistics.pstdev(lens):.1f}, min {min(lens)}, max {max(lens)}, "
+            f"{at_cap} at the cap; {steps} decoder steps, {rows} decoded rows "
+            f"({rows / args.images:.0f} per image)"
+        )
+    print(f"  lengths (batched): {[len(c) for c in counted['batched'][2]]}")
+
+    ref = counted["batched"][2]
+    n = args.images
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        # Warm-up every path on a few images: no first-call costs in the timings.
+        beam_search_features(decoder, features[:4], beam_size=beam, max_len=max_len, **kw)
+        for i in range(2):
+            per_image_beam_search(decoder, features[i : i + 1], beam, max_len)
+            shrinking_beam_search(decoder, features[i : i + 1], beam, max_len)
+        times, out = time_alternating(
+            {
+                "batched": lambda: beam_search_features(
+                    decoder, features, beam_size=beam, max_len=max_len, **kw
+                ).token_lists(),
+                "per-image": lambda: [
+                    per_image_beam_search(decoder, features[i : i + 1], beam, max_len)
+                    for i in range(n)
+                ],
+                "shrinking": lambda: [
+                    shrinking_beam_search(decoder, features[i : i + 1], beam, max_len)
+                    for i in range(n)
+                ],
+            },
+            args.repeats,
+        )
+        best = {name: min(ts) for name, ts in times.items()}
+        print(f"{n} images, {torch.get_num_threads()} CPU thread(s), best of {args.repeats}:")
+        labels = {
+            "batched": "batched beam search",
+            "per-image": "per-image (same algorithm)",
+            "shrinking": "per-image shrinking beam",
+        }
+        for name, t in best.items():
+            print(
+                f"  {labels[name]:27s}: {t:7.3f} s ({n / t:6.1f} images/s)  "
+                f"all {[round(x, 3) for x in times[name]]}"
+            )
+        agree_same = sum(a == b for a, b in zip(out["batched"], out["per-image"]))
+        agree_shrink = sum(a == b for a, b in zip(out["batched"], out["shrinking"]))
+        print(
+            f"  captions equal to batched: per-image {agree_same}/{n}, shrinking "
+            f"{agree_shrink}/{n}; batched unchanged from the counting run: "
+            f"{out['batched'] == ref}"
+        )
+        print(
+            f"  throughput ratio batched / per-image: {best['per-image'] / best['batched']:.2f}x, "
+            f"batched / shrinking: {best['shrinking'] / best['batched']:.2f}x"
+        )
+        args.best_batched[threads] = best["batched"]
+    if len(args.best_batched) > 1:
+        one = args.best_batched.get(1)
+        for threads, t in args.best_batched.items():
+            if one is not None and threads != 1:
+                print(
+                    f"thread scaling of the batched search: time(1)/time({threads}) = {one / t:.2f}"
+                )
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        torch.set_num_threads(args.threads[0])
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            beam_search_features(decoder, features, beam_size=beam, max_len=max_len, **kw)
+            wall = time.perf_counter() - t0
+        print(
+            f"profile of one batched search ({args.images} images, {torch.get_num_threads()} "
+            f"thread(s), {wall:.3f} s under the profiler), top ops by self CPU time:"
+        )
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile_rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--paper-dims",
+        action="store_true",
+        help="the real AttentionDecoder at D=E=H=A=512, L=196, V=5000, 32 images, beam 5, "
+        "max 19 words, calibrated caption lengths, plus the shrinking-beam reference",
+    )
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--max-len", type=int, default=16)
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[1], help="torch CPU thread counts to time"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="timings of each; best is kept")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--vocab", type=int, default=60)
+    parser.add_argument("--grid", type=int, default=14, help="attention grid G (L = G*G)")
+    parser.add_argument("--attention-dim", type=int, default=128)
+    parser.add_argument("--hidden-dim", type=int, default=256)
+    parser.add_argument("--sharpness", type=float, default=8.0, help="scale of output weights")
+    parser.add_argument(
+        "--end-bias", type=float, default=2.0, help="subtracted from <end> logit (default mode)"
+    )
+    paper = parser.add_argument_group("--paper-dims only")
+    paper.add_argument("--seed", type=int, default=0)
+    paper.add_argument("--target-len", type=float, default=8.0, help="mean caption length")
+    paper.add_argument("--calib-images", type=int, default=16)
+    paper.add_argument("--calib-iters", type=int, default=12)
+    paper.add_argument("--calib-tol", type=float, default=0.25, help="words")
+    paper.add_argument(
+        "--end-bias-range", type=float, nargs=2, default=(-10.0, 30.0), metavar=("LO", "HI")
+    )
+    paper.add_argument("--profile", action="store_true", help="torch.profiler of one search")
+    paper.add_argument("--profile-rows", type=int, default=15)
+    known, _ = parser.parse_known_args()
+    if known.paper_dims:
+        parser.set_defaults(**{k: v for k, v in PAPER_DIMS.items() if not k.endswith("_dim")})
+    args = parser.parse_args()
+    args.best_batched = {}
+    if args.paper_dims:
+        paper_mode(args)
+    else:
+        default_mode(args)
 
 
 if __name__ == "__main__":

@@ -288,3 +288,73 @@ def test_multi_head_attention_is_head_averaged_by_every_consumer(toy_features):
     _, g_one, _ = greedy_decode(one, toy_features, max_len=4)
     _, g_two, _ = greedy_decode(two, toy_features, max_len=4)
     torch.testing.assert_close(g_two, (g_one + uniform) / 2)
+
+
+class _RowCounter(torch.nn.Module):
+    """Wraps a decoder and records how many rows each step decodes."""
+
+    def __init__(self, decoder):
+        super().__init__()
+        self.inner, self.rows = decoder, []
+        if hasattr(decoder, "image_state_slots"):
+            self.image_state_slots = decoder.image_state_slots
+
+    def init_state(self, features):
+        return self.inner.init_state(features)
+
+    def step(self, features, tokens, state):
+        self.rows.append(int(tokens.shape[0]))
+        return self.inner.step(features, tokens, state)
+
+
+def _assert_finished_images_leave_and_nothing_changes(decoder, features, beam_size, max_len):
+    counter = _RowCounter(decoder)
+    together = run(counter, features, beam_size=beam_size, max_len=max_len)
+    lengths = [len(w) for w in together.token_lists()]
+    # Rows of finished images left: later steps decode fewer rows than B·K.
+    n = features.shape[0]
+    assert counter.rows[0] == n and max(counter.rows[1:]) <= n * beam_size
+    assert all(a >= b for a, b in zip(counter.rows[1:], counter.rows[2:]))
+    assert counter.rows[-1] < n * beam_size
+    # Reference: each image searched alone, where nothing ever leaves (one image, one exit).
+    for b in range(n):
+        alone = run(decoder, features[b : b + 1], beam_size=beam_size, max_len=max_len)
+        assert together.token_lists()[b] == alone.token_lists()[0]
+        torch.testing.assert_close(together.scores[b], alone.scores[0], rtol=1e-6, atol=1e-6)
+        m = lengths[b]
+        torch.testing.assert_close(
+            together.alphas[b, :m], alone.alphas[0, :m], rtol=1e-5, atol=1e-6
+        )
+        assert (together.alphas[b, m:] == 0).all() and (together.tokens[b, m:] == PAD_ID).all()
+
+
+@pytest.mark.parametrize(("beam_size", "end_bias"), [(1, 2.0), (3, 3.0)])
+def test_finished_images_leave_the_rows_on_a_random_decoder(beam_size, end_bias):
+    dec = _real_decoder(seed=4)
+    with torch.no_grad():  # <end> likely enough that images finish at different steps
+        dec.out.bias[END_ID] += end_bias
+    features = torch.randn(12, 4, 6, generator=torch.Generator().manual_seed(7))
+    _assert_finished_images_leave_and_nothing_changes(dec, features, beam_size, max_len=8)
+    assert (
+        len({len(w) for w in run(dec, features, beam_size=beam_size, max_len=8).token_lists()}) > 1
+    )
+    toy = ToyDecoder(vocab=7, dim=5, seed=3)  # a decoder without image_state_slots
+    toy_feats = torch.randn(10, 4, 5, generator=torch.Generator().manual_seed(11))
+    _assert_finished_images_leave_and_nothing_changes(toy, toy_feats, beam_size, max_len=6)
+
+
+@pytest.mark.slow
+def test_finished_images_leave_the_rows_on_a_trained_model(tmp_path):
+    from tiny_data import make_tiny_dataset, tiny_config, train_tiny
+
+    from ica_captioning.model import load_captioner, preprocess_images
+
+    data = make_tiny_dataset(tmp_path / "tiny", n_train=8, n_val=3)
+    bundle, _ = train_tiny(tiny_config(tmp_path, epochs=3, lambda_aux=0.1), data)
+    model = load_captioner(bundle)
+    paths = data["images"]["file_path"].tolist()
+    with torch.no_grad():
+        feats = model.encode(preprocess_images(paths, model.image_size, root=data["images_dir"]))
+    # The tiny model's best captions are short, but its other beams run on: images leave the
+    # rows at different steps (measured: 33, 33, 21, 18, 12, 9 rows).
+    _assert_finished_images_leave_and_nothing_changes(model.decoder, feats, 3, max_len=8)

@@ -147,9 +147,15 @@ def beam_search_features(
     shared = [False] * len(state)
 
     neg_inf = float("-inf")
-    scores = torch.zeros(batch, 1, device=device)  # [B, width]
+    # Hypotheses of every image ([B, width]; the rows of images that left stay frozen here).
+    scores = torch.zeros(batch, 1, device=device)  # [B, width] log-probability so far
     finished = torch.zeros(batch, 1, dtype=torch.bool, device=device)  # [B, width]
     lengths = torch.zeros(batch, 1, dtype=torch.long, device=device)  # [B, width] words so far
+    # Images still decoded. An image whose K beams have all finished leaves the decoder's rows:
+    # its hypotheses can no longer change (a finished beam continues with <pad> at zero cost, so
+    # the search keeps it in place), and its later steps are recorded as exactly that.
+    active = torch.arange(batch, device=device)  # [A] image of each group of rows
+    keep_beams = torch.arange(k, device=device).expand(batch, k)  # [B, K] "beam j stays j"
 
     backpointers: list[Tensor] = []  # per step [B, K]: source beam of each new beam
     step_tokens: list[Tensor] = []  # per step [B, K]: token chosen
@@ -157,7 +163,8 @@ def beam_search_features(
     finished_row: Tensor | None = None
     vocab = 0
     for t in range(max_len + 1):
-        rows_in = batch * width
+        n_act = active.shape[0]
+        rows_in = n_act * width
         logits, alpha, new_state = decoder.step(feats, inputs, state)
         alpha = step_attention(alpha)  # [R, L] (a multi-head decoder's [R, H, L] head-averaged)
         if t == 0:
@@ -174,7 +181,7 @@ def beam_search_features(
                 f"{tuple(alpha.shape)}; expected {(rows_in, vocab)} and {(rows_in, num_cells)}"
             )
         shared = [sh and new is old for sh, new, old in zip(shared, new_state, state)]
-        logp = torch.log_softmax(logits.float(), dim=-1)  # [B*width, V]
+        logp = torch.log_softmax(logits.float(), dim=-1)  # [A*width, V]
         if banned:
             logp[:, banned] = neg_inf
         if t == max_len:
@@ -182,21 +189,24 @@ def beam_search_features(
             end_logp = logp[:, end_id].clone()
             logp.fill_(neg_inf)
             logp[:, end_id] = end_logp
-        logp = logp.view(batch, width, vocab)
+        logp = logp.view(n_act, width, vocab)
+        all_rows = n_act == batch
+        act_scores = scores if all_rows else scores[active]  # [A, width]
+        act_finished = finished if all_rows else finished[active]
         # Dead beams (score -inf: fewer live candidates than K) are treated as finished.
-        done = finished | torch.isinf(scores)  # [B, width]
-        logp = torch.where(done.unsqueeze(-1), finished_row, logp)  # [B, width, V]
+        done = act_finished | torch.isinf(act_scores)  # [A, width]
+        logp = torch.where(done.unsqueeze(-1), finished_row, logp)  # [A, width, V]
 
-        candidates = (scores.unsqueeze(-1) + logp).view(batch, width * vocab)  # [B, width*V]
+        candidates = (act_scores.unsqueeze(-1) + logp).view(n_act, width * vocab)  # [A, width*V]
         if width * vocab < k:  # tiny vocabulary at step 0: pad with dead candidates
-            filler = candidates.new_full((batch, k - width * vocab), neg_inf)
+            filler = candidates.new_full((n_act, k - width * vocab), neg_inf)
             candidates = torch.cat([candidates, filler], dim=1)
-        scores, flat_idx = candidates.topk(k, dim=1)  # [B, K]
+        new_scores, flat_idx = candidates.topk(k, dim=1)  # [A, K]
         # Filler candidates (index >= width*V) become dead beams of source 0 with token <pad>.
-        src = torch.div(flat_idx, vocab, rounding_mode="floor").clamp_(max=width - 1)  # [B, K]
-        tokens = torch.where(flat_idx < width * vocab, flat_idx % vocab, pad_id)  # [B, K]
+        src = torch.div(flat_idx, vocab, rounding_mode="floor").clamp_(max=width - 1)  # [A, K]
+        tokens = torch.where(flat_idx < width * vocab, flat_idx % vocab, pad_id)  # [A, K]
 
-        rows = (torch.arange(batch, device=device).unsqueeze(1) * width + src).view(-1)  # [B*K]
+        rows = (torch.arange(n_act, device=device).unsqueeze(1) * width + src).view(-1)  # [A*K]
         if t == 0:
             if not grouped:
                 feats = features.repeat_interleave(k, dim=0)  # [B*K, L, D]
@@ -209,19 +219,42 @@ def beam_search_features(
                 s if sh or i in image_slots else s.index_select(0, rows)
                 for i, (s, sh) in enumerate(zip(new_state, shared))
             )
-        prev_done = done.gather(1, src)  # [B, K]
-        lengths = lengths.gather(1, src) + (~prev_done & (tokens != end_id)).long()
-        finished = prev_done | (tokens == end_id)
+        prev_done = done.gather(1, src)  # [A, K]
+        act_lengths = (lengths if all_rows else lengths[active]).gather(1, src)
+        act_lengths = act_lengths + (~prev_done & (tokens != end_id)).long()
+        act_finished = prev_done | (tokens == end_id)
+        act_alpha = alpha.reshape(n_act, width, num_cells).gather(1, _expand(src, num_cells))
 
-        backpointers.append(src)
-        step_tokens.append(tokens)
-        step_alphas.append(
-            alpha.reshape(batch, width, num_cells).gather(1, _expand(src, num_cells))
-        )
+        if all_rows:  # every image is active (always at step 0: [B, 1] tables become [B, K])
+            scores, finished, lengths = new_scores, act_finished, act_lengths
+            backpointers.append(src)
+            step_tokens.append(tokens)
+            step_alphas.append(act_alpha)
+        else:
+            scores[active], finished[active], lengths[active] = (
+                new_scores, act_finished, act_lengths,
+            )  # fmt: skip
+            backpointers.append(keep_beams.index_put((active,), src))
+            step_tokens.append(tokens.new_full((batch, k), pad_id).index_put((active,), tokens))
+            step_alphas.append(
+                act_alpha.new_zeros(batch, k, num_cells).index_put((active,), act_alpha)
+            )
         inputs = tokens.view(-1)
         width = k
-        if bool((finished | torch.isinf(scores)).all()):
+        over = (act_finished | torch.isinf(new_scores)).all(dim=1)  # [A] images now complete
+        if bool(over.all()):
             break
+        if bool(over.any()):
+            # Their rows leave: the decoder's rows, state and features shrink to the others.
+            stay = (~over).nonzero().squeeze(1)  # [A']
+            stay_rows = (stay.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
+            active = active.index_select(0, stay)
+            inputs = inputs.index_select(0, stay_rows)
+            state = tuple(
+                s.index_select(0, stay if i in image_slots else stay_rows)
+                for i, s in enumerate(state)
+            )
+            feats = feats.index_select(0, stay if grouped else stay_rows)
 
     # Final ranking among the K hypotheses of each image.
     ranked = scores / (lengths + 1).float().pow(length_penalty)  # [B, K]

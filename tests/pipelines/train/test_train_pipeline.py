@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import tiny_data
 from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog
 from kedro.runner import SequentialRunner
@@ -18,9 +19,6 @@ from ica_captioning.params import ParameterError, TrainParams, deep_merge
 from ica_captioning.pipelines.train.pipeline import create_pipeline, create_training_pipeline
 
 ROOT = Path(__file__).resolve().parents[3]
-_spec = importlib.util.spec_from_file_location("tiny_data", ROOT / "tests/model/tiny_data.py")
-tiny_data = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tiny_data)
 
 
 def _loader(env: str = "local") -> OmegaConfigLoader:
