@@ -15,9 +15,9 @@ Beam search uses that to share features and per-image state between the beams of
 All ``B`` images and their ``K`` beams are decoded together as one batch of ``B*K`` rows; the only
 Python loop is over time steps. An image whose ``K`` beams have all finished leaves the rows (its
 state and features are dropped), so the work per step follows the images still being decoded;
-its hypotheses are kept exactly as the search would have left them. Hypotheses are ranked per image with one ``topk`` over the
-``K*V`` candidate continuations, states are reordered with ``index_select`` and the chosen caption
-is recovered from per-step backpointers at the end.
+its hypotheses are kept exactly as the search would have left them. Hypotheses are ranked per
+image with one ``topk`` over the ``K*V`` candidate continuations, states are reordered with
+``index_select`` and the chosen caption is recovered from per-step backpointers at the end.
 
 Length handling: a caption has at most ``max_len`` words followed by ``<end>``. At step
 ``max_len`` (the ``max_len + 1``-th decoder step) only ``<end>`` is allowed, so every returned
