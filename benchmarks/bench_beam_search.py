@@ -9,19 +9,28 @@ this run (best of ``--repeats`` timings of each, run alternately).
         [--repeats 3] [--grid 14] [--attention-dim 128] [--device cpu]
 
 The per-image reference gets every saving that does not need several images: beams batched,
-features and per-image decoder state shared by the beams, the same decoder code. What batching
+features and per-image decoder state shared by the beams (one feature row and ``init_state`` on
+one row for the ``K`` beams, ``image_state_slots``), the same decoder code; the line after it
+times the reference as it was before, with ``K`` copies of the image. What batching
 adds is amortising the decoder's weights over many rows (the per-image LSTM matmuls are
 weight-bandwidth bound) and the per-step Python/dispatch work. The attention's elementwise work
 (``R·L·A`` per step) is the same either way; the decoder's CPU inference path makes it cheap
 (``docs/training.md``, "How the attention is computed"), which is what lets batching show on a CPU.
+``--threads 1 2`` times each thread count in turn.
 
 Paper dimensions (``--paper-dims``): the project's ``AttentionDecoder`` at D = E = H = A = 512,
 L = 196 (grid 14), V = 5000, 32 images, beam 5, at most 19 words (``attention_init_scale`` and
-dropout from ``conf/base``); random standardised features, no encoder. The ``<end>`` bias is
-calibrated by bisection so that the batched search's captions average ``--target-len`` words, so
-captions end at varied lengths as a trained model's do, and a second reference joins: the
+dropout from ``conf/base``); random standardised features, no encoder. The output weights are
+scaled (``--sharpness``) so chosen words are about as probable as a trained model's, and the
+``<end>`` bias is calibrated by bisection so that the batched search's captions average
+``--target-len`` words at varied lengths. ``--end-rise R`` adds ``R·t`` to the ``<end>`` logit of
+step ``t`` (:class:`EndRiseDecoder`): without it a random decoder's ``p(<end>)`` only fluctuates,
+so beams keep finding live continuations and every search runs to the cap; with it searches end
+a few steps after their captions, as a trained model's do. A second reference joins: the
 Show-Attend-Tell tutorial's per-image search whose beam shrinks as hypotheses finish
-(:func:`shrinking_beam_search`). ``--threads 1 2`` times each thread count in one run.
+(:func:`shrinking_beam_search`). Prints each search's decoder steps and rows, caption lengths,
+times, agreement with the batched captions and thread scaling; ``--profile`` adds a
+``torch.profiler`` table of one batched search.
 
     python benchmarks/bench_beam_search.py --paper-dims --threads 1 2 --repeats 3 [--profile]
 """
@@ -29,6 +38,7 @@ Show-Attend-Tell tutorial's per-image search whose beam shrinks as hypotheses fi
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -55,18 +65,30 @@ PAPER_DIMS = dict(
 
 
 @torch.inference_mode()
-def per_image_beam_search(decoder, features, beam_size, max_len):
+def per_image_beam_search(decoder, features, beam_size, max_len, share=True):
     """Textbook beam search for ONE image ``features [1, L, D]``: beams batched, images not.
 
-    Like the textbook (e.g. Show-Attend-Tell tutorials) it copies the image to the ``K`` beams
-    (an ``expand``, no copy); it also gets the saving the batched search has: the decoder's
-    per-image state slots (``image_state_slots``, identical for all beams) are never reordered.
-    Same algorithm as the batched search (finished beams stay, score frozen), same captions.
+    Same algorithm as the batched search (finished beams stay, score frozen), so the same
+    captions. Like the textbook (e.g. Show-Attend-Tell tutorials) it starts from ``K`` copies of
+    the initial state, only the first live. With ``share`` (and a decoder with
+    ``image_state_slots``) it also gets the batched search's saving: the features and the
+    decoder's per-image state slots stay at one row shared by the ``K`` beams (docs/contracts.md)
+    and are never reordered. ``share=False`` is this reference as it was before: the features
+    expanded to ``K`` rows, so the decoder sees ``K`` one-row images (``init_state`` projects
+    the annotations ``K`` times and every step reads ``K`` copies of features and projections).
     """
     k = beam_size
-    image_slots = set(getattr(decoder, "image_state_slots", ()))
-    feats = features.expand(k, *features.shape[1:])  # [K, L, D]
-    state = decoder.init_state(feats)
+    slots = getattr(decoder, "image_state_slots", None)
+    image_slots = set(slots or ())
+    if share and slots is not None:
+        feats = features  # [1, L, D]
+        state = tuple(
+            s if i in image_slots else s.expand(k, *s.shape[1:]).contiguous()
+            for i, s in enumerate(decoder.init_state(features))
+        )
+    else:
+        feats = features.expand(k, *features.shape[1:])  # [K, L, D]
+        state = decoder.init_state(feats)
     dev = features.device
     scores = torch.full((k,), float("-inf"), device=dev)
     scores[0] = 0.0
@@ -155,22 +177,54 @@ def shrinking_beam_search(decoder, features, beam_size, max_len):
 
 
 class CountingDecoder:
-    """Forwards ``init_state``/``step`` to a decoder and counts steps and decoded rows."""
+    """Forwards ``init_state``/``step`` to a decoder; counts steps per search and decoded rows."""
 
     def __init__(self, decoder) -> None:
         self.decoder = decoder
-        self.steps = 0
+        self.searches: list[int] = []  # decoder steps of each search (one init_state each)
         self.rows = 0
         if hasattr(decoder, "image_state_slots"):
             self.image_state_slots = decoder.image_state_slots
 
+    @property
+    def steps(self) -> int:
+        return sum(self.searches)
+
     def init_state(self, features):
+        self.searches.append(0)
         return self.decoder.init_state(features)
 
     def step(self, features, tokens, state):
-        self.steps += 1
+        self.searches[-1] += 1
         self.rows += int(tokens.shape[0])
         return self.decoder.step(features, tokens, state)
+
+
+class EndRiseDecoder:
+    """A decoder whose ``<end>`` logit rises by ``rise`` per step, like a trained captioner's.
+
+    A trained model's ``p(<end>)`` grows as the sentence completes, on every beam at once, so a
+    search ends a few steps after its captions; a random decoder's ``<end>`` logit only
+    fluctuates. Adds ``rise * t`` to the ``<end>`` logit of step ``t`` (counted from
+    ``init_state``; every search here steps all its rows together). ``--end-rise``.
+    """
+
+    def __init__(self, decoder, rise: float) -> None:
+        self.decoder = decoder
+        self.rise = float(rise)
+        self.t = 0
+        if hasattr(decoder, "image_state_slots"):
+            self.image_state_slots = decoder.image_state_slots
+
+    def init_state(self, features):
+        self.t = 0
+        return self.decoder.init_state(features)
+
+    def step(self, features, tokens, state):
+        logits, alpha, state = self.decoder.step(features, tokens, state)
+        logits[:, END_ID] += self.rise * self.t
+        self.t += 1
+        return logits, alpha, state
 
 
 def sync() -> None:
@@ -241,6 +295,12 @@ def default_mode(args) -> None:
                     per_image_beam_search(decoder, features[i : i + 1], args.beam, args.max_len)
                     for i in range(features.shape[0])
                 ],
+                "copies": lambda: [
+                    per_image_beam_search(
+                        decoder, features[i : i + 1], args.beam, args.max_len, share=False
+                    )
+                    for i in range(features.shape[0])
+                ],
             },
             args.repeats,
         )
@@ -263,6 +323,13 @@ def default_mode(args) -> None:
         )
         print(f"identical captions: {same}")
         print(f"throughput ratio (batched / per-image): {best_l / best_b:.1f}x")
+        best_c = min(times["copies"])
+        same_c = out["copies"] == loop
+        all_same &= same_c
+        print(
+            f"  (per-image with K feature copies, the reference before 2026-11-30: {best_c:.3f} s, "
+            f"ratio {best_c / best_b:.1f}x, identical captions: {same_c})"
+        )
     if not all_same:
         raise SystemExit("captions differ between batched and per-image beam search")
 
@@ -283,18 +350,18 @@ def paper_features(n: int, cells: int, dim: int, seed: int) -> torch.Tensor:
     return (raw - mean) / std
 
 
-def calibrate_end_bias(decoder, features, *, beam, max_len, target, lo, hi, iters, tol, kw):
-    """Bisection on ``delta`` added to ``decoder.out.bias[END_ID]`` until the batched search's
+def calibrate_end_bias(decoder, out, features, *, beam, max_len, target, lo, hi, iters, tol, kw):
+    """Bisection on ``delta`` added to ``out.bias[END_ID]`` until the batched search's
     mean caption length on ``features`` is within ``tol`` of ``target`` (mean length falls as
     ``delta`` grows). Leaves the best ``delta`` found applied; returns it and the trace.
     """
-    base = float(decoder.out.bias[END_ID])
+    base = float(out.bias.detach()[END_ID])
 
     def mean_len(delta: float) -> float:
         with torch.no_grad():
-            decoder.out.bias[END_ID] = base + delta
-        out = beam_search_features(decoder, features, beam_size=beam, max_len=max_len, **kw)
-        return float(out.lengths.float().mean())
+            out.bias[END_ID] = base + delta
+        res = beam_search_features(decoder, features, beam_size=beam, max_len=max_len, **kw)
+        return float(res.lengths.float().mean())
 
     trace = []
     for delta in (lo, hi):
@@ -315,7 +382,7 @@ def calibrate_end_bias(decoder, features, *, beam, max_len, target, lo, hi, iter
         else:
             hi = mid
     with torch.no_grad():
-        decoder.out.bias[END_ID] = base + best[0]
+        out.bias[END_ID] = base + best[0]
     return best[0], trace
 
 
@@ -327,7 +394,7 @@ def paper_mode(args) -> None:
     dims = PAPER_DIMS
     cells = args.grid * args.grid
     torch.manual_seed(args.seed)
-    decoder = AttentionDecoder(
+    net = AttentionDecoder(
         vocab_size=args.vocab,
         feature_dim=dims["feature_dim"],
         embed_dim=dims["embed_dim"],
@@ -336,7 +403,8 @@ def paper_mode(args) -> None:
         dropout=float(conf["dropout"]),
         attention_init_scale=float(conf["attention_init_scale"]),
     ).eval()
-    decoder = decoder.to(args.device)
+    net = net.to(args.device)
+    decoder = EndRiseDecoder(net, args.end_rise) if args.end_rise else net
     features = paper_features(args.images, cells, dims["feature_dim"], args.seed + 1)
     features = features.to(args.device)
     calib = paper_features(args.calib_images, cells, dims["feature_dim"], args.seed + 2)
@@ -345,7 +413,7 @@ def paper_mode(args) -> None:
     # output layer's weights (--sharpness) so the chosen words are about as probable as a trained
     # model's, then calibrate the <end> bias so captions end at realistic, varied lengths.
     with torch.no_grad():
-        decoder.out.weight.mul_(args.sharpness)
+        net.out.weight.mul_(args.sharpness)
     kw = dict(start_id=START_ID, end_id=END_ID, pad_id=PAD_ID, banned_ids=BANNED)
     beam, max_len = args.beam, args.max_len
     print(
@@ -353,7 +421,7 @@ def paper_mode(args) -> None:
         f"D={dims['feature_dim']} E={dims['embed_dim']} H={dims['hidden_dim']} "
         f"A={dims['attention_dim']} L={cells} (grid {args.grid}) V={args.vocab}, "
         f"attention_init_scale={conf['attention_init_scale']} (conf/base), "
-        f"output weights x{args.sharpness}"
+        f"output weights x{args.sharpness}, <end> logit rising {args.end_rise} per step"
     )
     print(
         f"features: {tuple(features.shape)} random post-ReLU, standardised per channel; "
@@ -363,6 +431,7 @@ def paper_mode(args) -> None:
     t0 = time.perf_counter()
     delta, trace = calibrate_end_bias(
         decoder,
+        net.out,
         calib,
         beam=beam,
         max_len=max_len,
@@ -380,83 +449,88 @@ def paper_mode(args) -> None:
     )
 
     # Work done by each search (untimed): decoder steps and decoded rows, caption lengths.
+    n = args.images
+    labels = {
+        "batched": "batched beam search",
+        "per-image": "per-image, same algorithm",
+        "per-image-copies": "  same, K feature copies",
+        "shrinking": "per-image, shrinking beam",
+    }
+    per_image = {
+        "per-image": lambda dec, i: per_image_beam_search(dec, features[i : i + 1], beam, max_len),
+        "per-image-copies": lambda dec, i: per_image_beam_search(
+            dec, features[i : i + 1], beam, max_len, share=False
+        ),
+        "shrinking": lambda dec, i: shrinking_beam_search(dec, features[i : i + 1], beam, max_len),
+    }
+
+    def batched(dec):
+        return beam_search_features(dec, features, beam_size=beam, max_len=max_len, **kw)
+
+    # Work done by each search (untimed): decoder steps and decoded rows, caption lengths.
+    print("work per search (decoder steps, decoded rows) and caption lengths (words):")
     counted = {}
-    for name in ("batched", "per-image", "shrinking"):
+    for name in labels:
         cd = CountingDecoder(decoder)
         if name == "batched":
-            out = beam_search_features(cd, features, beam_size=beam, max_len=max_len, **kw)
-            caps = out.token_lists()
+            res = batched(cd)
+            caps = res.token_lists()
+            per_token = float((res.scores / (res.lengths + 1).float()).mean())
         else:
-            fn = per_image_beam_search if name == "per-image" else shrinking_beam_search
-            caps = [fn(cd, features[i : i + 1], beam, max_len) for i in range(args.images)]
-        counted[name] = (cd.steps, cd.rows, caps)
-    for name, (steps, rows, caps) in counted.items():
+            caps = [per_image[name](cd, i) for i in range(n)]
+        counted[name] = caps
         lens = [len(c) for c in caps]
-        at_cap = sum(n == max_len for n in lens)
+        per = cd.searches
+        steps = f"{cd.steps:4d} steps"
+        if len(per) > 1:
+            steps += f" ({statistics.fmean(per):.1f} per image, {min(per)}-{max(per)})"
         print(
-            f"  {name:9s}: caption length mean {statistics.fmean(lens):.1f}, "
-            f"sd {statistics.pstdev(lens):.1f}, min {min(lens)}, max {max(lens)}, "
-            f"{at_cap} at the cap; {steps} decoder steps, {rows} decoded rows "
-            f"({rows / args.images:.0f} per image)"
+            f"  {labels[name]:26s}: {steps}, {cd.rows:5d} rows ({cd.rows / n:5.1f} per image); "
+            f"length mean {statistics.fmean(lens):.1f}, sd {statistics.pstdev(lens):.1f}, "
+            f"min {min(lens)}, max {max(lens)}, {sum(x == max_len for x in lens)} at the cap"
         )
-    print(f"  lengths (batched): {[len(c) for c in counted['batched'][2]]}")
+    ref = counted["batched"]
+    print(f"  batched caption lengths: {[len(c) for c in ref]}")
+    print(
+        f"  batched captions' mean log-probability per token (words and <end>): {per_token:.2f} "
+        f"(p = {math.exp(per_token):.2f})"
+    )
 
-    ref = counted["batched"][2]
-    n = args.images
+    best_by_threads: dict[int, dict[str, float]] = {}
     for threads in args.threads:
         torch.set_num_threads(threads)
         # Warm-up every path on a few images: no first-call costs in the timings.
         beam_search_features(decoder, features[:4], beam_size=beam, max_len=max_len, **kw)
-        for i in range(2):
-            per_image_beam_search(decoder, features[i : i + 1], beam, max_len)
-            shrinking_beam_search(decoder, features[i : i + 1], beam, max_len)
-        times, out = time_alternating(
-            {
-                "batched": lambda: beam_search_features(
-                    decoder, features, beam_size=beam, max_len=max_len, **kw
-                ).token_lists(),
-                "per-image": lambda: [
-                    per_image_beam_search(decoder, features[i : i + 1], beam, max_len)
-                    for i in range(n)
-                ],
-                "shrinking": lambda: [
-                    shrinking_beam_search(decoder, features[i : i + 1], beam, max_len)
-                    for i in range(n)
-                ],
-            },
-            args.repeats,
-        )
+        for fn in per_image.values():
+            for i in range(2):
+                fn(decoder, i)
+        paths = {"batched": lambda: batched(decoder).token_lists()}
+        for name, fn in per_image.items():
+            paths[name] = lambda fn=fn: [fn(decoder, i) for i in range(n)]
+        times, out = time_alternating(paths, args.repeats)
         best = {name: min(ts) for name, ts in times.items()}
+        best_by_threads[threads] = best
         print(f"{n} images, {torch.get_num_threads()} CPU thread(s), best of {args.repeats}:")
-        labels = {
-            "batched": "batched beam search",
-            "per-image": "per-image (same algorithm)",
-            "shrinking": "per-image shrinking beam",
-        }
         for name, t in best.items():
+            agree = sum(a == b for a, b in zip(out[name], out["batched"]))
             print(
-                f"  {labels[name]:27s}: {t:7.3f} s ({n / t:6.1f} images/s)  "
-                f"all {[round(x, 3) for x in times[name]]}"
+                f"  {labels[name]:26s}: {t:7.3f} s ({n / t:6.1f} images/s), "
+                f"{best['batched'] / t if name != 'batched' else 1:4.2f}x batched's throughput, "
+                f"captions = batched {agree}/{n}; all {[round(x, 3) for x in times[name]]}"
             )
-        agree_same = sum(a == b for a, b in zip(out["batched"], out["per-image"]))
-        agree_shrink = sum(a == b for a, b in zip(out["batched"], out["shrinking"]))
         print(
-            f"  captions equal to batched: per-image {agree_same}/{n}, shrinking "
-            f"{agree_shrink}/{n}; batched unchanged from the counting run: "
-            f"{out['batched'] == ref}"
+            f"  throughput ratio batched / per-image: {best['per-image'] / best['batched']:.2f}x "
+            f"(K copies: {best['per-image-copies'] / best['batched']:.2f}x), "
+            f"batched / shrinking: {best['shrinking'] / best['batched']:.2f}x; batched captions "
+            f"unchanged from the counting run: {out['batched'] == ref}"
         )
-        print(
-            f"  throughput ratio batched / per-image: {best['per-image'] / best['batched']:.2f}x, "
-            f"batched / shrinking: {best['shrinking'] / best['batched']:.2f}x"
-        )
-        args.best_batched[threads] = best["batched"]
-    if len(args.best_batched) > 1:
-        one = args.best_batched.get(1)
-        for threads, t in args.best_batched.items():
-            if one is not None and threads != 1:
-                print(
-                    f"thread scaling of the batched search: time(1)/time({threads}) = {one / t:.2f}"
+    if 1 in best_by_threads:
+        for threads, best in best_by_threads.items():
+            if threads != 1:
+                scaling = ", ".join(
+                    f"{name} {best_by_threads[1][name] / t:.2f}" for name, t in best.items()
                 )
+                print(f"thread scaling time(1 thread)/time({threads} threads): {scaling}")
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -491,8 +565,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--vocab", type=int, default=60)
     parser.add_argument("--grid", type=int, default=14, help="attention grid G (L = G*G)")
-    parser.add_argument("--attention-dim", type=int, default=128)
-    parser.add_argument("--hidden-dim", type=int, default=256)
+    parser.add_argument("--attention-dim", type=int, default=128, help="default mode")
+    parser.add_argument("--hidden-dim", type=int, default=256, help="default mode")
     parser.add_argument("--sharpness", type=float, default=8.0, help="scale of output weights")
     parser.add_argument(
         "--end-bias", type=float, default=2.0, help="subtracted from <end> logit (default mode)"
@@ -506,13 +580,18 @@ def main() -> None:
     paper.add_argument(
         "--end-bias-range", type=float, nargs=2, default=(-10.0, 30.0), metavar=("LO", "HI")
     )
+    paper.add_argument(
+        "--end-rise",
+        type=float,
+        default=0.0,
+        help="added to the <end> logit per decoder step (0: the <end> bias alone)",
+    )
     paper.add_argument("--profile", action="store_true", help="torch.profiler of one search")
     paper.add_argument("--profile-rows", type=int, default=15)
     known, _ = parser.parse_known_args()
     if known.paper_dims:
         parser.set_defaults(**{k: v for k, v in PAPER_DIMS.items() if not k.endswith("_dim")})
     args = parser.parse_args()
-    args.best_batched = {}
     if args.paper_dims:
         paper_mode(args)
     else:
