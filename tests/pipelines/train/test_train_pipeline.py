@@ -48,6 +48,10 @@ def test_parameters_resolve_for_both_variants_and_gpu_env():
 
 
 def test_catalog_factories_resolve_versioned_outputs():
+    # Without the project hook (e.g. kedro-viz without --include-hooks) the catalog still
+    # resolves, with a stand-in folder instead of a dataset scope.
+    unscoped = DataCatalog.from_config(_loader()["catalog"]).get("images")._describe()
+    assert "/no-dataset-scope-without-project-hooks/images.parquet" in str(unscoped["filepath"])
     loader = _loader()
     scope = apply_dataset_scope(loader)
     catalog = DataCatalog.from_config(loader["catalog"])
