@@ -19,7 +19,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ica_captioning.params import DatasetParams
+from ica_captioning.data.synthetic import generator_config
+from ica_captioning.params import DatasetParams, deep_merge
+from ica_captioning.params.conf import load_parameters
 from ica_captioning.params.ingestion import SyntheticParams
 
 #: The key that DataFrames written by a run carry in ``DataFrame.attrs`` (kept by Parquet).
@@ -70,8 +72,6 @@ def dataset_scope(
     Returns:
         The scope, safe as a folder name.
     """
-    from ica_captioning.data.synthetic import generator_config
-
     params = DatasetParams.parse(dataset, "dataset")
     identity: dict[str, Any] = {"dataset": params.to_dict()}
     if params.name == "synthetic":
@@ -124,8 +124,5 @@ def current_scope(env: str = "base", params: Mapping[str, Any] | None = None) ->
         env: the configuration environment.
         params: nested runtime parameters (``{"dataset": {"name": "flickr8k", ...}}``).
     """
-    from ica_captioning.params import deep_merge
-    from ica_captioning.params.conf import load_parameters
-
     conf = deep_merge(load_parameters(env), params)
     return dataset_scope(conf["dataset"], conf["ingestion"]["synthetic"], conf["seed"])

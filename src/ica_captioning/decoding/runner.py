@@ -171,12 +171,3 @@ def decode_split(
     generated = pd.DataFrame(gen_rows, columns=GENERATED_COLUMNS)
     reference_attention = pd.DataFrame(ref_rows, columns=REFERENCE_COLUMNS)
     return generated, reference_attention
-
-
-def attention_maps(table: pd.DataFrame, key: str) -> dict[Any, np.ndarray]:
-    """``key`` -> ``[n, L]`` attention maps from a flattened ``attention`` column."""
-    out = {}
-    for k, att, g in zip(table[key], table["attention"], table["grid_size"]):
-        cells = int(g) * int(g)
-        out[k] = np.asarray(att, dtype=np.float32).reshape(-1, cells)
-    return out

@@ -294,9 +294,6 @@ def grounding_words(
         :data:`PSEUDO_LABELS` / :data:`GROUND_TRUTH`, and the :func:`pair_scores` table keyed by
         ``caption_key`` (the image id of a generated caption, the caption id of a reference).
     """
-    # decoding imports torch; imported here so that the metrics package does not need it.
-    from ica_captioning.decoding.runner import attention_maps
-
     gen = generated.assign(caption_key=generated["image_id"])
     ref = reference_attention.assign(caption_key=reference_attention["caption_id"])
     gen_att = attention_maps(gen, "caption_key")
@@ -333,3 +330,12 @@ def _reference_pseudo_labels(
     return pl[inside][
         ["caption_key", "image_id", "token_position", "class_name", "grid_size", "grid"]
     ]
+
+
+def attention_maps(table: pd.DataFrame, key: str) -> dict[Any, np.ndarray]:
+    """``key`` -> ``[n, L]`` attention maps from a flattened ``attention`` column."""
+    out = {}
+    for k, att, g in zip(table[key], table["attention"], table["grid_size"]):
+        cells = int(g) * int(g)
+        out[k] = np.asarray(att, dtype=np.float32).reshape(-1, cells)
+    return out

@@ -25,6 +25,7 @@ def load_parameters(env: str = "base", conf_source: str | os.PathLike | None = N
     Returns:
         A plain nested dict (``{"train": {...}, "evaluation": {...}, ...}``).
     """
+    # Imported here: settings imports the project hooks, which import this module.
     from ica_captioning import settings
 
     source = Path(conf_source) if conf_source is not None else PROJECT_ROOT / "conf"
