@@ -1,0 +1,543 @@
+"""A pre-LayerNorm Transformer caption decoder over the grid annotations.
+
+It runs over the same ``[B, L, D]`` annotation vectors (``L = G²`` cells, row-major) as the
+Show-Attend-Tell decoder and implements the decoder protocol
+(:class:`~ica_captioning.model.protocol.CaptionDecoder`, docs/contracts.md), so beam search,
+greedy decoding, teacher-forced attention and the figures use it unchanged.
+
+Architecture:
+
+* **Memory.** ``features [B, L, D]`` → ``Linear(D, d_model)`` + a fixed 2-D sinusoidal encoding
+  of the cell (row sinusoids in the first ``d_model / 2`` channels, column sinusoids in the
+  other half) → dropout → ``encoder_layers`` pre-LN Transformer encoder layers (self-attention
+  over the cells; 0 layers is allowed) → LayerNorm.
+* **Words.** ``√d_model · E[token]`` + a fixed 1-D sinusoidal encoding of the position
+  (``max_len`` positions) → dropout.
+* **Decoder blocks** (``num_layers``, pre-LN): ``x += SelfAttn(LN(x))`` (causal),
+  ``x += CrossAttn(LN(x), memory)``, ``x += FF(LN(x))``; dropout on each residual branch and
+  inside the feed-forward. Then a final LayerNorm and the output projection (its weight is the
+  embedding matrix when ``tie_embeddings``).
+
+The cross-attention is written out (not ``nn.MultiheadAttention``) because its probabilities,
+per layer and head, are the attention maps the ICA loss supervises. There is no dropout on the
+attention probabilities, so the returned maps are exactly the ones that weight the values.
+
+Shapes: ``B`` captions, ``N`` images, ``R = N·K`` decoder rows, ``T`` steps, ``L = G²`` cells,
+``D`` annotation channels, ``V`` words, ``Λ = num_layers``, ``H = num_heads``,
+``d_h = d_model / H``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "TransformerDecoder",
+    "grid_positional_encoding",
+    "protocol_attention",
+    "select_attention",
+    "sinusoidal_encoding",
+]
+
+#: Layer selection of :func:`select_attention`: the last layer, all layers, or layer indices.
+LayerSelection = Literal["last", "all"] | Sequence[int]
+#: Head selection of :func:`select_attention`: all heads or head indices.
+HeadSelection = Literal["all"] | Sequence[int]
+
+#: Decoder state (every tensor batch-dimension first):
+#: ``(position [R] long, self_k [R, Λ, H, t, d_h], self_v [R, Λ, H, t, d_h],
+#: memory [N, L, d_model], cross_k [N, Λ, H, L, d_h], cross_v [N, Λ, H, L, d_h])``.
+#: ``position`` is the number of tokens already decoded (the position of the next input token);
+#: ``self_k``/``self_v`` are the self-attention keys and values of those ``t`` tokens per layer
+#: (grown by one along dim 3 per step); ``memory`` and the cross-attention keys and values are
+#: computed once by ``init_state`` and are per image (:attr:`TransformerDecoder.image_state_slots`).
+State = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+def sinusoidal_encoding(positions: int, dim: int) -> Tensor:
+    """Fixed sinusoidal encoding (Vaswani et al. 2017) ``[positions, dim]``, ``dim`` even.
+
+    Channel ``2i`` is ``sin(p / 10000^(2i/dim))`` and channel ``2i + 1`` the matching cosine.
+    """
+    if dim % 2:
+        raise ValueError(f"sinusoidal encoding needs an even dimension, got {dim}")
+    pos = torch.arange(positions, dtype=torch.float64).unsqueeze(1)  # [P, 1]
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    table = torch.zeros(positions, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)
+    return table.float()
+
+
+def grid_positional_encoding(grid_size: int, dim: int) -> Tensor:
+    """2-D sinusoidal encoding of the ``G × G`` cells, row-major: ``[G², dim]``.
+
+    Cell ``l = r·G + c`` (the order of the annotations and of the pseudo-label masks) gets the
+    1-D encoding of its row ``r`` in channels ``[0, dim/2)`` and of its column ``c`` in
+    ``[dim/2, dim)``. ``dim`` must be a multiple of 4.
+    """
+    if dim % 4:
+        raise ValueError(f"the 2-D cell encoding needs d_model divisible by 4, got {dim}")
+    one = sinusoidal_encoding(grid_size, dim // 2)  # [G, dim/2]
+    rows = one.unsqueeze(1).expand(grid_size, grid_size, dim // 2)  # [G(r), G(c), dim/2]
+    cols = one.unsqueeze(0).expand(grid_size, grid_size, dim // 2)
+    return torch.cat([rows, cols], dim=-1).reshape(grid_size * grid_size, dim)
+
+
+def _indices(selection: object, size: int, what: str) -> list[int]:
+    """Normalise a layer/head selection to a list of indices in ``[0, size)``."""
+    if isinstance(selection, str):
+        if selection == "all":
+            return list(range(size))
+        if selection == "last" and what == "layers":
+            return [size - 1]
+        raise ValueError(f"unknown {what} selection {selection!r}")
+    if not isinstance(selection, Sequence):
+        raise ValueError(f"{what} must be a name or a list of indices, got {selection!r}")
+    out = []
+    for i in selection:
+        if isinstance(i, bool) or not isinstance(i, int) or not -size <= i < size:
+            raise ValueError(f"{what} index {i!r} is outside 0..{size - 1}")
+        out.append(i % size)
+    if not out:
+        raise ValueError(f"select at least one of the {what}")
+    return out
+
+
+def select_attention(
+    attention: Tensor, layers: LayerSelection = "last", heads: HeadSelection = "all"
+) -> Tensor:
+    """Chosen layers' chosen heads of the teacher-forced cross-attention, as ICA takes them.
+
+    Args:
+        attention: ``[B, Λ, H, T, L]`` cross-attention probabilities
+            (:meth:`TransformerDecoder.forward`).
+        layers: ``"last"``, ``"all"`` or a list of layer indices (negative counts from the end).
+        heads: ``"all"`` or a list of head indices, taken in every selected layer.
+
+    Returns:
+        ``[B, H', T, L]`` with ``H' = len(layers) · len(heads)``, layer-major (entry
+        ``i·len(heads) + j`` is head ``heads[j]`` of layer ``layers[i]``): the multi-head layout
+        of :func:`ica_captioning.losses.ica.ica_loss` (``head_reduction`` mean | max | per_head).
+        Gradients flow only into the selected maps.
+    """
+    if attention.dim() != 5:
+        shape = tuple(attention.shape)
+        raise ValueError(f"attention must be [B, layers, heads, T, L], got {shape}")
+    b, num_layers, num_heads, t, cells = attention.shape
+    li = _indices(layers, num_layers, "layers")
+    hi = _indices(heads, num_heads, "heads")
+    dev = attention.device
+    picked = attention.index_select(1, torch.tensor(li, device=dev))
+    picked = picked.index_select(2, torch.tensor(hi, device=dev))  # [B, |li|, |hi|, T, L]
+    return picked.reshape(b, len(li) * len(hi), t, cells)
+
+
+def protocol_attention(
+    attention: Tensor, layers: LayerSelection = "last", heads: HeadSelection = "all"
+) -> Tensor:
+    """The teacher-forced maps in the protocol's multi-head layout ``[B, T, H', L]``.
+
+    ``select_attention(...).transpose(1, 2)``. With the defaults (last layer, all heads) these are
+    the maps :meth:`TransformerDecoder.step` returns, step by step, so a ``CaptionModel``'s
+    ``__call__`` returns what evaluation sees. ``sequence_attention`` averages them over heads.
+    """
+    return select_attention(attention, layers, heads).transpose(1, 2)
+
+
+class _FeedForward(nn.Sequential):
+    def __init__(self, d_model: int, d_ff: int, dropout: float) -> None:
+        super().__init__(
+            nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model)
+        )
+
+
+class _SelfAttention(nn.Module):
+    """Multi-head self-attention (``scaled_dot_product_attention``), with a step form."""
+
+    def __init__(self, d_model: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def _split(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``[B, T, d]`` → q, k, v ``[B, H, T, d_h]``."""
+        b, t, d = x.shape
+        qkv = self.qkv(x).view(b, t, 3, self.num_heads, d // self.num_heads)
+        return tuple(qkv.permute(2, 0, 3, 1, 4).unbind(0))  # type: ignore[return-value]
+
+    def forward(self, x: Tensor, causal: bool) -> Tensor:
+        """``x [B, T, d]`` → ``[B, T, d]`` (token ``t`` sees ``≤ t`` when ``causal``)."""
+        q, k, v = self._split(x)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [B, H, T, d_h]
+        return self.out(y.transpose(1, 2).reshape(x.shape))
+
+    def step(self, x: Tensor, k_cache: Tensor, v_cache: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One new token per row.
+
+        Args:
+            x: ``[R, d]`` (normalised) input of the new token.
+            k_cache: ``[R, H, t, d_h]`` keys of the ``t`` earlier tokens.
+            v_cache: ``[R, H, t, d_h]`` their values.
+
+        Returns:
+            ``(output [R, d], k [R, H, 1, d_h], v [R, H, 1, d_h])`` — the new token's key/value.
+        """
+        q, k, v = self._split(x.unsqueeze(1))  # [R, H, 1, d_h]
+        keys = torch.cat([k_cache.to(k.dtype), k], dim=2)
+        values = torch.cat([v_cache.to(v.dtype), v], dim=2)
+        y = F.scaled_dot_product_attention(q, keys, values)  # [R, H, 1, d_h]
+        return self.out(y.reshape(x.shape)), k, v
+
+
+class _CrossAttention(nn.Module):
+    """Multi-head attention to the cells that also returns its probabilities."""
+
+    def __init__(self, d_model: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.d_head = d_model // num_heads
+        self.q = nn.Linear(d_model, d_model)  # rows h·d_h … (h+1)·d_h − 1 are head h's query
+        self.kv = nn.Linear(d_model, 2 * d_model)  # keys (first d_model rows), then values
+        self.out = nn.Linear(d_model, d_model)
+
+    def memory_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """``memory [N, L, d]`` → keys, values ``[N, H, L, d_h]``."""
+        n, cells, _ = memory.shape
+        kv = self.kv(memory).view(n, cells, 2, self.num_heads, self.d_head)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        return k, v
+
+    def forward(self, x: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """``M`` queries per image.
+
+        Args:
+            x: ``[N, M, d]`` (normalised) queries: ``T`` steps of one caption, or the ``K`` rows
+                of an image in a decoding step.
+            k: ``[N, H, L, d_h]`` keys of the image's cells.
+            v: ``[N, H, L, d_h]`` their values.
+
+        Returns:
+            ``(output [N, M, d], probabilities [N, H, M, L])``; the probabilities sum to 1 over L.
+        """
+        n, m, d = x.shape
+        q = self.q(x).view(n, m, self.num_heads, self.d_head).transpose(1, 2)  # [N, H, M, d_h]
+        scores = torch.matmul(q, k.to(q.dtype).transpose(-1, -2)) / math.sqrt(self.d_head)
+        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # [N, H, M, L]
+        y = torch.matmul(probs, v.to(q.dtype))  # [N, H, M, d_h]
+        return self.out(y.transpose(1, 2).reshape(n, m, d)), probs
+
+
+class _EncoderLayer(nn.Module):
+    """Pre-LN Transformer encoder layer over the cells."""
+
+    def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d_model)
+        self.attn = _SelfAttention(d_model, num_heads)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ff = _FeedForward(d_model, d_ff, dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.dropout(self.attn(self.norm1(x), causal=False))
+        return x + self.dropout(self.ff(self.norm2(x)))
+
+
+class _DecoderLayer(nn.Module):
+    """Pre-LN decoder block: causal self-attention, cross-attention, feed-forward."""
+
+    def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d_model)
+        self.self_attn = _SelfAttention(d_model, num_heads)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.cross_attn = _CrossAttention(d_model, num_heads)
+        self.norm3 = nn.LayerNorm(d_model)
+        self.ff = _FeedForward(d_model, d_ff, dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """``x [B, T, d]``, cross keys/values ``[B, H, L, d_h]`` → ``(x, probs [B, H, T, L])``."""
+        x = x + self.dropout(self.self_attn(self.norm1(x), causal=True))
+        ctx, probs = self.cross_attn(self.norm2(x), k, v)
+        x = x + self.dropout(ctx)
+        return x + self.dropout(self.ff(self.norm3(x))), probs
+
+    def step(
+        self, x: Tensor, k_cache: Tensor, v_cache: Tensor, k: Tensor, v: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One token per row; rows ``n·K … n·K + K − 1`` attend to image ``n``.
+
+        Args:
+            x: ``[R, d]``.
+            k_cache: ``[R, H, t, d_h]`` self-attention keys so far.
+            v_cache: ``[R, H, t, d_h]`` self-attention values so far.
+            k: ``[N, H, L, d_h]`` cross-attention keys.
+            v: ``[N, H, L, d_h]`` cross-attention values.
+
+        Returns:
+            ``(x [R, d], probs [R, H, L], new self key [R, H, 1, d_h], new self value)``.
+        """
+        sa, k_new, v_new = self.self_attn.step(self.norm1(x), k_cache, v_cache)
+        x = x + self.dropout(sa)
+        n, rows = k.shape[0], x.shape[0]
+        per_image = rows // n if n else 0
+        ctx, probs = self.cross_attn(self.norm2(x).view(n, per_image, -1), k, v)  # [N, K, d]
+        x = x + self.dropout(ctx.reshape(rows, -1))
+        x = x + self.dropout(self.ff(self.norm3(x)))
+        probs = probs.transpose(1, 2).reshape(rows, self.cross_attn.num_heads, -1)  # [R, H, L]
+        return x, probs, k_new, v_new
+
+
+class TransformerDecoder(nn.Module):
+    """Pre-LN Transformer caption decoder with cross-attention to the grid cells.
+
+    Teacher forcing (:meth:`forward`) returns every layer's and head's cross-attention
+    ``[B, Λ, H, T, L]``; :func:`select_attention` picks the layers and heads the ICA loss should
+    supervise. Step-wise decoding (:meth:`init_state`, :meth:`step`) follows the protocol with a
+    key/value cache; ``step`` returns the **last layer's** cross-attention per head ``[R, H, L]``,
+    which every protocol consumer (beam search, greedy, evaluation, figures) averages over heads:
+    the maps evaluated are the head mean of the last layer, the same maps as
+    :func:`protocol_attention` with its defaults.
+
+    Rows and images: like the SAT decoder, ``step`` takes ``features [N, L, D]`` with
+    ``tokens [N·K]`` (``K`` consecutive rows per image); the memory and the cross-attention keys
+    and values (:attr:`image_state_slots`) stay at ``N`` rows and are shared by the ``K`` beams.
+
+    Args:
+        vocab_size: V (index ``PAD_ID`` is ``<pad>``; padded inputs after a caption's end never
+            influence its earlier steps, the self-attention being causal).
+        feature_dim: D, channels of the annotation vectors.
+        d_model: model width (divisible by ``num_heads`` and by 4).
+        num_layers: Λ ≥ 1 decoder blocks.
+        num_heads: H attention heads (self- and cross-attention, encoder too).
+        d_ff: hidden size of the feed-forward blocks.
+        dropout: dropout on embeddings, memory, residual branches and inside the feed-forward.
+        encoder_layers: pre-LN encoder layers over the cells (0 = none: projection + positions).
+        grid_size: G, the features have ``L = G²`` cells in row-major order.
+        max_len: most input tokens per caption (positions ``0 … max_len − 1``); for evaluation
+            at ``max_len`` words beam search feeds ``max_len + 1`` tokens.
+        tie_embeddings: use the input embedding matrix as the output projection's weight.
+    """
+
+    #: State slots indexed by image (``memory``, ``cross_k``, ``cross_v``), see :data:`State`.
+    image_state_slots: tuple[int, ...] = (3, 4, 5)
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        feature_dim: int,
+        d_model: int,
+        num_layers: int,
+        num_heads: int,
+        d_ff: int,
+        dropout: float,
+        encoder_layers: int,
+        grid_size: int,
+        max_len: int,
+        tie_embeddings: bool,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1 or num_heads < 1 or encoder_layers < 0 or max_len < 1:
+            raise ValueError(
+                f"need num_layers ≥ 1, num_heads ≥ 1, encoder_layers ≥ 0, max_len ≥ 1; got "
+                f"{num_layers}, {num_heads}, {encoder_layers}, {max_len}"
+            )
+        if d_model % num_heads or d_model % 4:
+            raise ValueError(
+                f"d_model={d_model} must be divisible by num_heads={num_heads} and by 4 "
+                "(half the channels each for the row and column sinusoids)"
+            )
+        self.vocab_size = int(vocab_size)
+        self.feature_dim = int(feature_dim)
+        self.d_model = int(d_model)
+        self.num_layers = int(num_layers)
+        self.num_heads = int(num_heads)
+        self.d_head = self.d_model // self.num_heads
+        self.grid_size = int(grid_size)
+        self.max_len = int(max_len)
+        self.tie_embeddings = bool(tie_embeddings)
+
+        self.embedding = nn.Embedding(vocab_size, d_model)
+        nn.init.normal_(self.embedding.weight, std=d_model**-0.5)  # × √d_model at the input
+        self.feature_proj = nn.Linear(feature_dim, d_model)
+        self.encoder = nn.ModuleList(
+            _EncoderLayer(d_model, num_heads, d_ff, dropout) for _ in range(encoder_layers)
+        )
+        self.memory_norm = nn.LayerNorm(d_model)
+        self.layers = nn.ModuleList(
+            _DecoderLayer(d_model, num_heads, d_ff, dropout) for _ in range(num_layers)
+        )
+        self.final_norm = nn.LayerNorm(d_model)
+        self.out = nn.Linear(d_model, vocab_size)
+        if self.tie_embeddings:
+            self.out.weight = self.embedding.weight
+        self.dropout = nn.Dropout(dropout)
+        # Fixed encodings: not saved (a bundle does not depend on max_len for them).
+        self.register_buffer(
+            "word_positions", sinusoidal_encoding(self.max_len, d_model), persistent=False
+        )
+        self.register_buffer(
+            "cell_positions", grid_positional_encoding(self.grid_size, d_model), persistent=False
+        )
+
+    # --- shared pieces -------------------------------------------------------------------------
+
+    def encode_memory(self, features: Tensor) -> Tensor:
+        """``features [N, L, D]`` → memory ``[N, L, d_model]`` (projection, cells, encoder, LN)."""
+        if features.dim() != 3 or features.shape[1] != self.cell_positions.shape[0]:
+            raise ValueError(
+                f"features must be [N, L, D] with L = grid_size² = {self.cell_positions.shape[0]}"
+                f", got {tuple(features.shape)}"
+            )
+        x = self.feature_proj(features) + self.cell_positions.to(features.dtype)
+        x = self.dropout(x)
+        for layer in self.encoder:
+            x = layer(x)
+        return self.memory_norm(x)
+
+    def _cross_kv(self, memory: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        kvs = [layer.cross_attn.memory_kv(memory) for layer in self.layers]
+        return [k for k, _ in kvs], [v for _, v in kvs]
+
+    def _embed(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        """``tokens [...]`` at ``positions`` (broadcastable) → ``[..., d_model]``."""
+        emb = self.embedding(tokens) * math.sqrt(self.d_model)
+        return self.dropout(emb + self.word_positions[positions].to(emb.dtype))
+
+    def _logits(self, x: Tensor) -> Tensor:
+        return self.out(self.final_norm(x))
+
+    # --- teacher forcing -----------------------------------------------------------------------
+
+    def forward(self, features: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher-forced decoding of whole captions.
+
+        Args:
+            features: ``[B, L, D]`` annotation vectors (one row per caption).
+            inputs: ``[B, T]`` long input tokens (``ids[:, :-1]``), ``T ≤ max_len``; padding
+                after a caption's end is allowed (causal: valid steps never see it).
+
+        Returns:
+            ``(logits [B, T, V], cross_attention [B, Λ, H, T, L])``: step ``t`` (input
+            ``inputs[:, t]``) predicts ``inputs[:, t + 1]``, and ``cross_attention[:, l, h, t]``
+            is head ``h`` of layer ``l`` at that step (a distribution over the ``L`` cells). Use
+            :func:`select_attention` for the ICA loss (``[B, H', T, L]``) and
+            :func:`protocol_attention` for the protocol's ``[B, T, H, L]``.
+        """
+        steps = inputs.shape[1]
+        if steps > self.max_len:
+            raise ValueError(f"inputs have {steps} steps, more than max_len={self.max_len}")
+        if inputs.shape[0] != features.shape[0]:
+            raise ValueError(
+                f"inputs {tuple(inputs.shape)} and features {tuple(features.shape)} need the same B"
+            )
+        memory = self.encode_memory(features)
+        keys, values = self._cross_kv(memory)
+        x = self._embed(inputs, torch.arange(steps, device=inputs.device))  # [B, T, d]
+        maps = []
+        for layer, k, v in zip(self.layers, keys, values):
+            x, probs = layer(x, k, v)
+            maps.append(probs)  # [B, H, T, L]
+        return self._logits(x), torch.stack(maps, dim=1)
+
+    def select_attention(
+        self, attention: Tensor, layers: LayerSelection = "last", heads: HeadSelection = "all"
+    ) -> Tensor:
+        """:func:`select_attention`: ``[B, Λ, H, T, L]`` → ``[B, H', T, L]`` for ``ica_loss``."""
+        return select_attention(attention, layers, heads)
+
+    # --- the decoder protocol ------------------------------------------------------------------
+
+    def init_state(self, features: Tensor) -> State:
+        """State before the first step (``K = 1``).
+
+        Args:
+            features: ``[N, L, D]`` annotation vectors.
+
+        Returns:
+            ``(position [N] = 0, self_k [N, Λ, H, 0, d_h], self_v, memory [N, L, d_model],
+            cross_k [N, Λ, H, L, d_h], cross_v)`` — see :data:`State`. The memory and the
+            cross-attention keys/values are computed here once, not per step.
+        """
+        memory = self.encode_memory(features)
+        keys, values = self._cross_kv(memory)
+        n = features.shape[0]
+        empty = memory.new_zeros(n, self.num_layers, self.num_heads, 0, self.d_head)
+        position = torch.zeros(n, dtype=torch.long, device=features.device)
+        return (
+            position,
+            empty,
+            empty.clone(),
+            memory,
+            torch.stack(keys, dim=1),
+            torch.stack(values, dim=1),
+        )
+
+    def step_all(
+        self, features: Tensor, tokens: Tensor, state: State
+    ) -> tuple[Tensor, Tensor, State]:
+        """:meth:`step` with every layer's cross-attention ``[R, Λ, H, L]``."""
+        position, self_k, self_v, memory, cross_k, cross_v = state
+        n, rows = features.shape[0], tokens.shape[0]
+        if (
+            (rows % n if n else rows)
+            or position.shape[0] != rows
+            or self_k.shape[0] != rows
+            or self_v.shape[0] != rows
+            or not memory.shape[0] == cross_k.shape[0] == cross_v.shape[0] == n
+        ):
+            raise ValueError(
+                f"TransformerDecoder.step: tokens [{rows}], position {tuple(position.shape)} and "
+                f"the self-attention cache {tuple(self_k.shape)} must have N·K rows for features "
+                f"{tuple(features.shape)} (N images), and the memory {tuple(memory.shape)} and "
+                f"cross keys/values {tuple(cross_k.shape)} N rows"
+            )
+        if self_k.shape[3] >= self.max_len:
+            raise ValueError(
+                f"TransformerDecoder.step: position {self_k.shape[3]} is past "
+                f"max_len={self.max_len}"
+            )
+        x = self._embed(tokens, position)  # [R, d]
+        new_k, new_v, maps = [], [], []
+        for i, layer in enumerate(self.layers):
+            x, probs, k, v = layer.step(x, self_k[:, i], self_v[:, i], cross_k[:, i], cross_v[:, i])
+            new_k.append(k)
+            new_v.append(v)
+            maps.append(probs)
+        # New tensors (never in-place): beam search reorders every slot it gets back as a new
+        # object, and keeps a slot it gets back unchanged as shared between beams.
+        self_k = torch.cat([self_k.to(new_k[0].dtype), torch.stack(new_k, dim=1)], dim=3)
+        self_v = torch.cat([self_v.to(new_v[0].dtype), torch.stack(new_v, dim=1)], dim=3)
+        state = (position + 1, self_k, self_v, memory, cross_k, cross_v)
+        return self._logits(x), torch.stack(maps, dim=1), state
+
+    def step(self, features: Tensor, tokens: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
+        """One decoding step (the protocol's ``step``).
+
+        Args:
+            features: ``[N, L, D]`` annotation vectors (only their ``N`` is used: the memory is
+                in the state).
+            tokens: ``[N·K]`` long input tokens (``K ≥ 1`` consecutive rows per image).
+            state: from :meth:`init_state` or the previous step; the row slots (position and
+                self-attention cache) have ``N·K`` rows, the image slots ``N``.
+
+        Returns:
+            ``(logits [N·K, V], attention [N·K, H, L], new state)``: the attention is the last
+            layer's cross-attention per head (consumers average it over heads).
+
+        Raises:
+            ValueError: rows that are not a multiple of the images, state of the wrong size, or a
+                position at ``max_len``.
+        """
+        logits, maps, state = self.step_all(features, tokens, state)
+        return logits, maps[:, -1], state
