@@ -16,12 +16,18 @@ from ica_captioning.data import synthetic, text
 from ica_captioning.data.synthetic import (
     COLOURS,
     MANIFEST_FILE,
+    SceneSettings,
     dataset_files,
     generate_dataset,
     generator_config,
     is_up_to_date,
     render_scene,
 )
+from ica_captioning.data.synthetic.scenes import BACKGROUND_RANGE
+
+#: The scene settings of conf/base.
+SCENE_CONF = section("ingestion")["synthetic"]["scene"]
+SCENE = SceneSettings.from_params(SCENE_CONF)
 
 # The table of docs/contracts.md ("embedded dataset classes"), written out independently.
 CONTRACT_CLASSES = {
@@ -138,13 +144,15 @@ def test_masks_decode_to_the_visible_pixels_of_each_drawn_object(small_dataset):
         cat_name = {c["id"]: c["name"] for c in inst.loadCats(inst.getCatIds())}
         for image_id in inst.getImgIds():
             pixels = np.asarray(Image.open(out / "images" / inst.imgs[image_id]["file_name"]))
-            scene = render_scene(image_id - 1, size, summary["config"]["seed"], n_captions)
+            scene = render_scene(image_id - 1, size, summary["config"]["seed"], n_captions, SCENE)
             assert np.array_equal(pixels, scene.pixels)
             anns = inst.loadAnns(inst.getAnnIds(imgIds=[image_id]))
-            assert 1 <= len(anns) <= 4
-            assert len(anns) == len(scene.objects)
+            assert 1 <= len(scene.objects) <= 4
+            drawn = [*scene.objects, *scene.distractors]  # the writer's instance order
+            assert len(anns) == len(drawn)
             union = np.zeros((size, size), dtype=bool)
-            for ann, obj in zip(anns, scene.objects):
+            for ann, obj in zip(anns, drawn):
+                assert ann["attributes"]["mentioned"] == obj.mentioned
                 assert cat_name[ann["category_id"]] == obj.class_name
                 mask = inst.annToMask(ann).astype(bool)
                 # Independent of the generator's masks: the saved image's pixels of this object.
@@ -164,10 +172,18 @@ def test_masks_decode_to_the_visible_pixels_of_each_drawn_object(small_dataset):
                 else:
                     n_rle += 1
                 n_occluded += int((obj.visible_mask != obj.full_mask).any())
-                assert obj.visible_mask.sum() >= 0.55 * obj.full_mask.sum()
+                least = (
+                    SCENE.min_visible_fraction
+                    if obj.mentioned
+                    else SCENE.distractor_min_visible_fraction
+                )
+                assert obj.visible_mask.sum() >= least * obj.full_mask.sum()
                 union |= obj.visible_mask
-            # Everything else is background.
-            assert np.all(pixels[~union] == scene.background)
+            # Everything else is background: grey, in its range, and never flat (texture).
+            rest = pixels[~union]
+            assert np.all(rest[:, 0] == rest[:, 1]) and np.all(rest[:, 1] == rest[:, 2])
+            assert BACKGROUND_RANGE[0] <= rest.min() and rest.max() <= BACKGROUND_RANGE[1]
+            assert rest[:, 0].std() > 5
     assert n_rle > 0 and n_polygons > 0 and n_occluded > 0
 
 
@@ -176,7 +192,7 @@ def test_captions_only_name_what_is_in_the_image():
     mentioned: set[str] = set()
     plurals = relations = synonyms = partial = 0
     for index in range(150):
-        scene = render_scene(index, 128, 0, 5)
+        scene = render_scene(index, 128, 0, 5, SCENE)
         counts: dict[str, int] = {}
         colours: dict[str, set[str]] = {}
         for obj in scene.objects:
@@ -214,9 +230,9 @@ def test_captions_only_name_what_is_in_the_image():
 
 
 def test_scene_has_one_to_four_objects_and_varied_captions():
-    n_objects = {len(render_scene(i, 96, 1, 5).objects) for i in range(60)}
+    n_objects = {len(render_scene(i, 96, 1, 5, SCENE).objects) for i in range(60)}
     assert n_objects == {1, 2, 3, 4}
-    scene = render_scene(5, 96, 1, captions=7)
+    scene = render_scene(5, 96, 1, captions=7, scene=SCENE)
     assert len(scene.captions) == 7 == len(set(scene.captions))
 
 

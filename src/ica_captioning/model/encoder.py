@@ -49,8 +49,12 @@ def weights_fingerprint(weights: Any) -> str:
     return f"enum:{weights}"
 
 
-def _load_weights(trunk: nn.Module, backbone: str, weights: Any) -> None:
-    """Load ``weights`` (enum name or local file) into the full torchvision ``trunk`` in place."""
+def _load_weights(trunk: nn.Module, backbone: str, weights: Any, kept: tuple[str, ...]) -> None:
+    """Load ``weights`` (enum name or local file) into the full torchvision ``trunk`` in place.
+
+    A local file must hold every tensor of the kept modules (``conv1``, ``bn1`` and the ``kept``
+    blocks); the blocks the encoder drops may be absent (a pretrained trunk saves only its own).
+    """
     path = os.fspath(weights)
     if os.path.isfile(path):
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -60,7 +64,8 @@ def _load_weights(trunk: nn.Module, backbone: str, weights: Any) -> None:
             raise ValueError(f"encoder weights file {path!r} does not hold a state dict")
         # Accept state dicts saved from the whole classifier or from our trunk (``trunk.`` prefix).
         state = {k.removeprefix("module.").removeprefix("trunk."): v for k, v in state.items()}
-        own = trunk.state_dict()
+        modules = ("conv1", "bn1", *kept)
+        own = {k: v for k, v in trunk.state_dict().items() if k.split(".")[0] in modules}
         missing = [k for k in own if k not in state]
         if missing:
             raise ValueError(
@@ -73,7 +78,7 @@ def _load_weights(trunk: nn.Module, backbone: str, weights: Any) -> None:
                 f"encoder weights file {path!r} has wrong shapes for {bad[:3]} "
                 f"(expected {backbone})"
             )
-        trunk.load_state_dict({k: state[k] for k in own})
+        trunk.load_state_dict({k: state[k] for k in own}, strict=False)
         logger.info("Loaded %s encoder weights from %s", backbone, path)
         return
     if os.sep in path or path.endswith((".pt", ".pth", ".bin", ".safetensors")):
@@ -133,9 +138,9 @@ class Encoder(nn.Module):
             full = builder(weights=None)
         if not all(hasattr(full, name) for name in ("conv1", "bn1", *RESNET_BLOCKS)):
             raise ValueError(f"backbone {backbone!r} is not a ResNet-family model")
-        if not _is_none_weights(weights):
-            _load_weights(full, backbone, weights)
         keep = RESNET_BLOCKS[: RESNET_BLOCKS.index(layer) + 1]
+        if not _is_none_weights(weights):
+            _load_weights(full, backbone, weights, keep)
         self.stem = nn.Sequential(full.conv1, full.bn1, full.relu, full.maxpool)
         self.blocks = nn.ModuleList(getattr(full, name) for name in keep)
         self.pool = nn.AdaptiveAvgPool2d((int(grid_size), int(grid_size)))

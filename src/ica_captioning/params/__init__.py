@@ -11,6 +11,7 @@ from ica_captioning.params.detection import DetectionParams
 from ica_captioning.params.evaluation import EvaluationParams
 from ica_captioning.params.ingestion import IngestionParams
 from ica_captioning.params.matching import MatchingParams
+from ica_captioning.params.pretraining import PretrainingParams
 from ica_captioning.params.train import ModelParams, TrainParams
 
 #: Schema of each top-level section of the parameters (``params:<key>``).
@@ -19,6 +20,7 @@ SECTIONS: dict[str, type[Params]] = {
     "ingestion": IngestionParams,
     "detection": DetectionParams,
     "matching": MatchingParams,
+    "pretraining": PretrainingParams,
     "train": TrainParams,
     "evaluation": EvaluationParams,
 }
@@ -33,6 +35,7 @@ __all__ = [
     "ModelParams",
     "ParameterError",
     "Params",
+    "PretrainingParams",
     "TrainParams",
     "deep_merge",
 ]

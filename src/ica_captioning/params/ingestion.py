@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from ica_captioning.params.base import Params
-from ica_captioning.params.types import Fraction, NonNegativeInt, PositiveInt
+from ica_captioning.params.types import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt
 
 Split = Literal["train", "val", "test"]
 
@@ -28,6 +28,42 @@ class SplitFractions(Params):
     test: Fraction
 
 
+class SizeClasses(Params):
+    """Half-extent ``[min, max]`` of mentioned objects per size class (fraction of the side)."""
+
+    small: tuple[Fraction, Fraction]
+    medium: tuple[Fraction, Fraction]
+    large: tuple[Fraction, Fraction]
+
+
+class BackgroundParams(Params):
+    """The background: mean grey plus a smooth random texture plus per-pixel noise."""
+
+    texture_strength: NonNegativeFloat
+    texture_cells: int = Field(ge=2)
+    noise_std: NonNegativeFloat
+
+
+class DistractorParams(Params):
+    """Small unmentioned objects behind the mentioned ones."""
+
+    count_p: list[Fraction]
+    size: tuple[Fraction, Fraction]
+    same_shape_p: Fraction
+    min_visible_fraction: Fraction
+
+
+class SceneParams(Params):
+    """What a generated scene may contain (``SceneSettings``)."""
+
+    object_count_p: list[Fraction]
+    repeat_p: Fraction
+    sizes: SizeClasses
+    min_visible_fraction: Fraction
+    background: BackgroundParams
+    distractors: DistractorParams
+
+
 class SyntheticParams(Params):
     """The embedded dataset's generator."""
 
@@ -38,6 +74,7 @@ class SyntheticParams(Params):
     captions_per_image: PositiveInt
     image_format: Literal["png", "jpg"]
     polygon_fraction: Fraction
+    scene: SceneParams
     num_workers: PositiveInt
 
 

@@ -1,7 +1,9 @@
 """The embedded dataset: a small, deterministic captioning world in the real file formats.
 
-Each image shows 1-4 flat-coloured shapes (nine COCO-style classes, see ``CLASSES``) on a grey
-background, with sizes, positions, repeated objects (plurals: "two red circles") and occlusion.
+Each image shows 1-4 flat-coloured shapes (nine COCO-style classes, see ``CLASSES``) on a
+textured, noisy grey background, with sizes, positions, repeated objects (plurals: "two red
+circles") and occlusion, behind them small distractor shapes that no caption mentions (some of
+them look-alikes of a mentioned object in another colour). ``SceneSettings`` holds the knobs.
 Every image gets several varied captions (templates, synonyms, word order, spatial relations,
 partial mentions), so the word -> object alignment is learnable but not trivial.
 
@@ -47,12 +49,7 @@ from ica_captioning.data.synthetic.manifest import (
     generator_config,
     is_up_to_date,
 )
-from ica_captioning.data.synthetic.scenes import (
-    MIN_VISIBLE_FRACTION,
-    OBJECT_COUNT_P,
-    REPEAT_P,
-    render_scene,
-)
+from ica_captioning.data.synthetic.scenes import render_scene
 from ica_captioning.data.synthetic.shapes import POLYGON_SHAPES, draw_shape_mask
 from ica_captioning.data.synthetic.world import (
     CATEGORY_IDS,
@@ -60,9 +57,10 @@ from ica_captioning.data.synthetic.world import (
     CLASSES,
     COLOUR_NAMES,
     COLOURS,
-    SIZES,
+    SIZE_NAMES,
     Scene,
     SceneObject,
+    SceneSettings,
     ShapeClass,
 )
 from ica_captioning.data.synthetic.writer import generate_dataset
@@ -78,16 +76,14 @@ __all__ = [
     "IMAGES_SUBDIR",
     "KARPATHY_FILE",
     "MANIFEST_FILE",
-    "MIN_VISIBLE_FRACTION",
     "NUMBER_WORDS",
-    "OBJECT_COUNT_P",
     "POLYGON_SHAPES",
-    "REPEAT_P",
-    "SIZES",
+    "SIZE_NAMES",
     "SIZE_WORDS",
     "SPLITS",
     "Scene",
     "SceneObject",
+    "SceneSettings",
     "ShapeClass",
     "dataset_files",
     "draw_shape_mask",

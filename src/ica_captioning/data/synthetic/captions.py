@@ -13,8 +13,8 @@ import numpy as np
 
 from ica_captioning.data.synthetic.world import CATEGORY_IDS, CLASSES, SceneObject
 
-#: Words for the size classes; medium objects get none.
-SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
+#: Words for the size classes; medium objects get none. "tiny" is kept for the distractors.
+SIZE_WORDS = {"small": ("small", "little"), "large": ("large", "big")}
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
 
 
@@ -115,17 +115,27 @@ def _sentence(text: str) -> str:
 
 
 def make_captions(
-    rng: np.random.Generator, objects: Sequence[SceneObject], image_size: int, count: int
+    rng: np.random.Generator,
+    objects: Sequence[SceneObject],
+    image_size: int,
+    count: int,
+    *,
+    distractors: bool,
 ) -> list[str]:
     """Write ``count`` distinct captions for a scene.
 
-    The first caption always lists every object; the others are drawn from templates that vary
-    word order and synonyms, add relations and positions, and often mention only some objects.
+    The first caption always lists every mentioned object; the others are drawn from templates
+    that vary word order and synonyms, add relations and positions, and often mention only some
+    objects. Distractors are never named; with ``distractors`` the phrases that count or isolate
+    the shapes say that tiny ones are there too (the same random draws either way).
     """
     p = _Phrases(rng, objects)
     groups = p.groups()
     n = len(objects)
     bg = p.pick(("gray", "grey", "plain gray", "plain grey"))
+
+    # Counting phrases stay true when unmentioned tiny distractors are in the picture.
+    others = " and some tiny ones" if distractors else ""
 
     def full_listing() -> str:
         order = list(groups)
@@ -145,9 +155,9 @@ def make_captions(
         lambda: f"{p.pick(('a picture of', 'an image of', 'a drawing of'))} {full_listing()}",
         lambda: f"a {bg} background with {full_listing()}",
         lambda: (
-            f"{'one shape' if n == 1 else NUMBER_WORDS[n] + ' shapes'}: {full_listing()}"
+            f"{'one shape' if n == 1 else NUMBER_WORDS[n] + ' shapes'}{others}: {full_listing()}"
             if rng.random() < 0.5
-            else f"{'a single shape' if n == 1 else NUMBER_WORDS[n] + ' shapes'} on {bg}"
+            else f"{'a single shape' if n == 1 else NUMBER_WORDS[n] + ' shapes'}{others} on {bg}"
         ),
         lambda: (lambda o: f"{p.single(o)} {_position(o, image_size)}")(p.pick(objects)),
         lambda: (
@@ -180,10 +190,16 @@ def make_captions(
             templates.append(lambda: f"{p.single(b)} in front of {p.single(a)}")
     else:
         obj = objects[0]
-        templates += [
-            lambda: f"{p.single(obj, size=True)} on its own",
-            lambda: f"a lonely {obj.colour} {p.noun(obj.class_name, False)}",
-        ]
+        if distractors:
+            templates += [
+                lambda: f"{p.single(obj, size=True)} among tiny shapes",
+                lambda: f"a {obj.colour} {p.noun(obj.class_name, False)} with tiny shapes around",
+            ]
+        else:
+            templates += [
+                lambda: f"{p.single(obj, size=True)} on its own",
+                lambda: f"a lonely {obj.colour} {p.noun(obj.class_name, False)}",
+            ]
 
     captions = [_sentence(templates[0]())]
     order = rng.permutation(len(templates) - 1) + 1

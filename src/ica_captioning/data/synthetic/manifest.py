@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ica_captioning.data import text as _text_module
+from ica_captioning.data.synthetic.world import SceneSettings
 
 SPLITS = ("train", "val", "test")
 KARPATHY_FILE = "dataset_synthetic.json"
@@ -62,6 +63,7 @@ def generator_config(
     captions_per_image: int,
     image_format: str,
     polygon_fraction: float,
+    scene: dict[str, Any],
 ) -> dict[str, Any]:
     """The parameters that determine the generated files (stored in ``generator.json``).
 
@@ -83,6 +85,7 @@ def generator_config(
         raise ValueError(f"captions_per_image must be >= 1, got {captions_per_image}")
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
+    SceneSettings.from_params(scene)  # raises on out-of-range scene settings
     return {
         "generator_source": GENERATOR_SOURCE,
         "num_images": int(num_images),
@@ -92,6 +95,8 @@ def generator_config(
         "captions_per_image": int(captions_per_image),
         "image_format": image_format,
         "polygon_fraction": float(polygon_fraction),
+        # JSON round trip: the manifest compares equal to the config read back from disk.
+        "scene": json.loads(json.dumps(scene)),
     }
 
 

@@ -22,7 +22,7 @@ from ica_captioning.data.synthetic.manifest import (
     generator_config,
 )
 from ica_captioning.data.synthetic.scenes import render_scene
-from ica_captioning.data.synthetic.world import CATEGORY_IDS, CLASSES
+from ica_captioning.data.synthetic.world import CATEGORY_IDS, CLASSES, SceneSettings
 from ica_captioning.data.text import tokenize
 
 logger = logging.getLogger(__name__)
@@ -39,14 +39,15 @@ COCO_INFO = {
 }
 COCO_LICENSES = [{"id": 1, "name": "generated", "url": ""}]
 
-#: One image's work: (index, image_size, seed, captions, image_format, polygon_fraction, dir).
-ImageJob = tuple[int, int, int, int, str, float, str]
+#: One image's work: (index, image_size, seed, captions, image_format, polygon_fraction, dir,
+#: scene settings).
+ImageJob = tuple[int, int, int, int, str, float, str, SceneSettings]
 
 
 def _image_record(job: ImageJob) -> dict[str, Any]:
     """Worker: render one image, write it, return its annotation data (picklable)."""
-    index, image_size, seed, n_captions, image_format, polygon_fraction, images_dir = job
-    scene = render_scene(index, image_size, seed, n_captions)
+    index, image_size, seed, n_captions, image_format, polygon_fraction, images_dir, settings = job
+    scene = render_scene(index, image_size, seed, n_captions, settings)
     cocoid = index + 1
     file_name = f"{cocoid:06d}.{image_format}"
     image = Image.fromarray(scene.pixels, mode="RGB")
@@ -55,10 +56,11 @@ def _image_record(job: ImageJob) -> dict[str, Any]:
     else:
         image.save(os.path.join(images_dir, file_name), format="JPEG", quality=95)
     # Polygons only where they describe the visible pixels (unoccluded polygonal objects); the
-    # choice uses its own stream so it never changes the scene.
+    # choice uses its own stream so it never changes the scene. Mentioned objects come first, so
+    # their choices do not depend on the distractors.
     choose = np.random.default_rng([seed, index, 1])
     instances = []
-    for obj in scene.objects:
+    for obj in [*scene.objects, *scene.distractors]:
         visible = np.asfortranarray(obj.visible_mask.astype(np.uint8))
         rle = mask_utils.encode(visible)
         area = float(mask_utils.area(rle))
@@ -80,7 +82,11 @@ def _image_record(job: ImageJob) -> dict[str, Any]:
                 "area": area,
                 "bbox": [x0, y0, w, h],
                 "iscrowd": 0,
-                "attributes": {"colour": obj.colour, "size": obj.size},
+                "attributes": {
+                    "colour": obj.colour,
+                    "size": obj.size,
+                    "mentioned": obj.mentioned,
+                },
             }
         )
     return {
@@ -182,6 +188,7 @@ def generate_dataset(
     captions_per_image: int,
     image_format: str,
     polygon_fraction: float,
+    scene: dict[str, Any],
     num_workers: int = 1,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -201,6 +208,7 @@ def generate_dataset(
         image_format: ``png`` (lossless: masks match pixels exactly) or ``jpg``.
         polygon_fraction: chance that an unoccluded polygonal object is stored as a polygon
             instead of RLE (both kinds appear in real COCO files).
+        scene: what a scene may contain (``ingestion.synthetic.scene``; ``SceneSettings``).
         num_workers: worker processes (1 = in this process); the output does not depend on it.
         progress: show a tqdm progress bar.
 
@@ -218,7 +226,9 @@ def generate_dataset(
         captions_per_image=captions_per_image,
         image_format=image_format,
         polygon_fraction=polygon_fraction,
+        scene=scene,
     )
+    settings = SceneSettings.from_params(scene)
     files = dataset_files(out_dir)
     files["images_dir"].mkdir(parents=True, exist_ok=True)
     files["captions"]["train"].parent.mkdir(parents=True, exist_ok=True)
@@ -238,6 +248,7 @@ def generate_dataset(
             image_format,
             config["polygon_fraction"],
             str(files["images_dir"]),
+            settings,
         )
         for i in range(num_images)
     ]

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from ica_captioning.params import DatasetParams, TrainParams
+from ica_captioning.pretraining import with_pretrained_weights
 from ica_captioning.training import train_captioner
 
 logger = logging.getLogger(__name__)
@@ -19,6 +20,7 @@ def train_model(
     encoded_captions: pd.DataFrame,
     pseudo_labels: pd.DataFrame,
     vocabulary: dict[str, Any],
+    pretrained_encoder: dict[str, Any],
     train_params: dict[str, Any],
     train_overrides: dict[str, Any] | None,
     dataset_params: dict[str, Any],
@@ -30,6 +32,8 @@ def train_model(
         encoded_captions: ``encoded_captions`` table.
         pseudo_labels: ``pseudo_labels`` table (grid size must equal ``train.encoder.grid_size``).
         vocabulary: ``vocabulary`` JSON.
+        pretrained_encoder: the ``pretraining`` stage's bundle; used when
+            ``train.encoder.weights`` is ``pretrained``.
         train_params: shared ``params:train``.
         train_overrides: the namespace's ``train_overrides`` (e.g. ``{lambda_aux: 0.0}``).
         dataset_params: ``params:dataset`` (for ``images_dir``).
@@ -37,7 +41,9 @@ def train_model(
     Returns:
         ``(model bundle {"state_dict", "config", "vocabulary"}, per-epoch history table)``.
     """
-    params = TrainParams.resolve(train_params, train_overrides)
+    params = with_pretrained_weights(
+        TrainParams.resolve(train_params, train_overrides), pretrained_encoder
+    )
     dataset = DatasetParams.parse(dataset_params, "dataset")
     start = time.perf_counter()
     bundle, history = train_captioner(

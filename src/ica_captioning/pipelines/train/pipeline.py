@@ -7,6 +7,7 @@ from kedro.pipeline import Node, Pipeline
 from ica_captioning.pipelines.detection import create_pipeline as detection_pipeline
 from ica_captioning.pipelines.ingestion import create_pipeline as ingestion_pipeline
 from ica_captioning.pipelines.matching import create_pipeline as matching_pipeline
+from ica_captioning.pipelines.pretraining import create_pipeline as pretraining_pipeline
 from ica_captioning.pipelines.train import nodes
 from ica_captioning.variants import VARIANTS
 
@@ -30,6 +31,7 @@ def create_training_pipeline() -> Pipeline:
                     "encoded_captions",
                     "pseudo_labels",
                     "vocabulary",
+                    "pretrained_encoder",
                     "params:train",
                     "params:train_overrides",
                     "params:dataset",
@@ -39,7 +41,7 @@ def create_training_pipeline() -> Pipeline:
             )
         ]
     )
-    shared = {"images", "encoded_captions", "pseudo_labels", "vocabulary"}
+    shared = {"images", "encoded_captions", "pseudo_labels", "vocabulary", "pretrained_encoder"}
     return sum(
         (
             Pipeline(
@@ -62,7 +64,9 @@ def create_pipeline(**kwargs) -> Pipeline:
     fresh checkout; add ``--only-missing-outputs`` to skip those whose outputs already exist.
 
     Returns:
-        ``ingestion + detection + matching`` plus both training variants.
+        ``ingestion + detection + matching + pretraining`` plus both training variants.
     """
-    upstream = ingestion_pipeline() + detection_pipeline() + matching_pipeline()
+    upstream = (
+        ingestion_pipeline() + detection_pipeline() + matching_pipeline() + pretraining_pipeline()
+    )
     return upstream + create_training_pipeline()
