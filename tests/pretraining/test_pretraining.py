@@ -282,3 +282,38 @@ def test_node_skips_when_other_weights_are_configured(tmp_path):
     assert bundle["state_dict"] is None and "IMAGENET1K_V1" in bundle["skipped"]
     assert history.empty and "train_instance_accuracy" in history.columns
     assert not (tmp_path / "cache").exists()
+
+
+def test_train_node_starts_from_the_pretrained_trunk(tmp_path):
+    """The train node loads the bundle's weights into the captioner's (frozen) encoder."""
+    import tiny_data
+
+    from ica_captioning.pipelines.train.nodes import train_model
+
+    images, detections = make_data(tmp_path / "pre")
+    bundle = pretrain_encoder(params(tmp_path), ENCODER, images, detections, tmp_path / "pre")
+    data = tiny_data.make_tiny_dataset(tmp_path / "data")  # the same architecture as ENCODER
+    train = section("train")
+    for key, value in tiny_data.TINY_CONFIG.items():
+        train[key] = {**train[key], **value} if isinstance(value, dict) else value
+    train.update(epochs=1, checkpoint_dir=str(tmp_path / "ckpt"))
+    train["encoder"] = ENCODER.to_dict()
+    train["feature_cache"] = {**train["feature_cache"], "dir": str(tmp_path / "features")}
+    model, history = train_model(
+        data["images"],
+        data["encoded_captions"],
+        data["pseudo_labels"],
+        data["vocabulary"],
+        bundle,
+        train,
+        {},
+        section("dataset", images_dir=data["images_dir"]),
+    )
+    state = model["state_dict"]
+    assert torch.equal(state["encoder.stem.0.weight"], bundle["state_dict"]["conv1.weight"])
+    assert torch.equal(
+        state["encoder.blocks.0.1.bn2.running_mean"],
+        bundle["state_dict"]["layer1.1.bn2.running_mean"],
+    )
+    assert model["config"]["encoder"]["weights"] == bundle["path"]
+    assert len(history) == 1

@@ -49,8 +49,14 @@ def model_params(
         encoder: keys of ``train.encoder`` to change (``{"grid_size": 7}``).
         decoder: keys of ``train.decoder`` to change.
         env: the configuration environment to start from.
+
+    ``weights: pretrained`` names weights that only a pipeline run makes (the pretraining stage);
+    here it becomes ``none`` — the same architecture, randomly initialised — unless ``encoder``
+    sets the weights (e.g. ``{"weights": bundle["path"]}`` of a ``pretrained_encoder``).
     """
     train = load_parameters(env)["train"]
+    if train["encoder"]["weights"] == "pretrained":
+        train["encoder"]["weights"] = "none"
     return ModelParams.of(
         {
             "encoder": deep_merge(train["encoder"], encoder),

@@ -97,6 +97,8 @@ def test_pipeline_trains_both_variants_on_tiny_dataset(tmp_path):
     catalog = DataCatalog()
     for name in ("images", "encoded_captions", "pseudo_labels", "vocabulary"):
         catalog[name] = data[name]
+    # TINY_CONFIG's encoder is randomly initialised: the pretraining stage would have skipped.
+    catalog["pretrained_encoder"] = {"state_dict": None, "skipped": "weights is 'none'"}
     catalog["params:train"] = train
     catalog["params:dataset"] = section("dataset", images_dir=data["images_dir"])
     catalog["params:baseline.train_overrides"] = params["baseline"]["train_overrides"]
