@@ -23,6 +23,7 @@ class PretrainingParams(Params):
     score_threshold: Fraction
     cell_loss_weight: NonNegativeFloat
     instance_loss_weight: NonNegativeFloat
+    colour_loss_weight: NonNegativeFloat
     precision: Literal["float32", "bfloat16"]
     cache_dir: str
     progress: bool

@@ -2,8 +2,8 @@
 
 The trunk that ``train.encoder`` describes (backbone, kept blocks, grid, image size, init seed)
 is trained from scratch on the **training split only**, to predict per grid cell which class
-covers it (``targets.occupancy_targets``) and, from its features averaged over each detected
-instance, the instance's class. Two linear heads sit on the ``[B, L, D]`` grid features the
+covers it (``targets.occupancy_targets``) and its mean colour, and, from its features averaged
+over each detected instance, the instance's class. Linear heads sit on the ``[B, L, D]`` grid features the
 captioner will attend over, so what the trunk learns is linearly readable from exactly those
 features. The heads are discarded; the trunk's weights are saved under torchvision names, so
 ``train.encoder.weights`` loads them like any other weights file.
@@ -106,6 +106,7 @@ class _PretrainNet(nn.Module):
         dim = self.encoder.out_dim
         self.cell_head = nn.Linear(dim, num_classes + 1)  # background + classes
         self.instance_head = nn.Linear(dim, num_classes)
+        self.colour_head = nn.Linear(dim, 3)  # mean RGB of the cell (normalised)
 
     def train(self, mode: bool = True) -> _PretrainNet:
         """Unlike the captioner's frozen encoder, BatchNorm learns its statistics here."""
@@ -138,21 +139,23 @@ def _losses(
     targets: PretrainTargets,
     tensors: Mapping[str, torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cell and instance cross-entropies of one batch, and the instance hits.
+    """Cell and instance cross-entropies, cell colour error of one batch, and the instance hits.
 
     Args:
-        net: the network (its two heads).
+        net: the network (its heads).
         feats: ``[B, L, D]`` grid features of the batch images.
         batch: ``[B]`` rows of the batch images in ``targets``.
         targets: the targets of all training images.
-        tensors: ``targets`` as tensors on the device (``cells [N, C+1, L]``, ``inst_*``).
+        tensors: ``targets`` as tensors on the device (``cells [N, C+1, L]``, ``inst_*``,
+            ``colour [N, L, 3]``).
 
     Returns:
-        ``(cell loss, instance loss, number of correctly classified instances)``.
+        ``(cell loss, instance loss, colour loss, number of correctly classified instances)``.
     """
     cells = tensors["cells"][batch]  # [B, C+1, L]
     log_p = net.cell_head(feats).log_softmax(dim=-1)  # [B, L, C+1]
     cell_loss = -(cells.transpose(1, 2) * log_p).sum(dim=-1).mean()
+    colour_loss = F.mse_loss(net.colour_head(feats), tensors["colour"][batch])
     # Instances of the batch images: features averaged over each instance's cells.
     position = torch.full((len(targets.image_ids),), -1, dtype=torch.long)
     position[batch] = torch.arange(len(batch))
@@ -160,12 +163,12 @@ def _losses(
     chosen = owner >= 0
     if not bool(chosen.any()):
         zero = feats.sum() * 0.0
-        return cell_loss, zero, torch.zeros((), dtype=torch.long)
+        return cell_loss, zero, colour_loss, torch.zeros((), dtype=torch.long)
     pooled = torch.einsum("ald,al->ad", feats[owner[chosen]], tensors["inst_weight"][chosen])
     logits = net.instance_head(pooled)  # [A_b, C]
     labels = tensors["inst_class"][chosen]
     inst_loss = F.cross_entropy(logits, labels)
-    return cell_loss, inst_loss, (logits.argmax(dim=-1) == labels).sum()
+    return cell_loss, inst_loss, colour_loss, (logits.argmax(dim=-1) == labels).sum()
 
 
 def fit_trunk(
@@ -198,6 +201,10 @@ def fit_trunk(
         "inst_weight": torch.from_numpy(targets.inst_weight).to(device),
     }
     tensors["cells"] = tensors["cells"].to(device)
+    # The classes say nothing about colour; this self-supervised target (each cell's mean
+    # colour, from the image itself) keeps colour readable from the features.
+    colour = F.adaptive_avg_pool2d(pixels, encoder.grid_size)  # [N, 3, G, G]
+    tensors["colour"] = colour.flatten(2).transpose(1, 2).contiguous().to(device)  # [N, L, 3]
     n = len(targets.image_ids)
     steps_per_epoch = -(-n // params.batch_size)
     optimizer = torch.optim.Adam(net.parameters(), lr=params.lr, weight_decay=params.weight_decay)
@@ -214,7 +221,7 @@ def fit_trunk(
     for epoch in range(1, params.epochs + 1):
         start = time.perf_counter()
         order = torch.randperm(n, generator=order_rng)
-        sums = {"cell": 0.0, "instance": 0.0, "hits": 0, "instances": 0}
+        sums = {"cell": 0.0, "instance": 0.0, "colour": 0.0, "hits": 0, "instances": 0}
         batches = range(0, n, params.batch_size)
         bar = tqdm(
             batches, desc=f"pretraining epoch {epoch}/{params.epochs}", disable=not params.progress
@@ -224,14 +231,21 @@ def fit_trunk(
             images = pixels[batch].to(device)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                 feats = net(images)  # [B, L, D]
-            cell_loss, inst_loss, hits = _losses(net, feats, batch.to(device), targets, tensors)
-            loss = params.cell_loss_weight * cell_loss + params.instance_loss_weight * inst_loss
+            cell_loss, inst_loss, colour_loss, hits = _losses(
+                net, feats, batch.to(device), targets, tensors
+            )
+            loss = (
+                params.cell_loss_weight * cell_loss
+                + params.instance_loss_weight * inst_loss
+                + params.colour_loss_weight * colour_loss
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             sums["cell"] += cell_loss.detach().item() * len(batch)
             sums["instance"] += inst_loss.detach().item() * len(batch)
+            sums["colour"] += colour_loss.detach().item() * len(batch)
             sums["hits"] += int(hits)
             sums["instances"] += int(torch.isin(tensors["inst_image"], batch).sum())
             bar.set_postfix(loss=f"{loss.detach().item():.3f}")
@@ -240,6 +254,7 @@ def fit_trunk(
             "epoch": epoch,
             "cell_loss": sums["cell"] / n,
             "instance_loss": sums["instance"] / n,
+            "colour_loss": sums["colour"] / n,
             "train_instance_accuracy": sums["hits"] / max(sums["instances"], 1),
             "lr": float(schedule.get_last_lr()[0]),
             "seconds": seconds,

@@ -17,6 +17,7 @@ HISTORY_COLUMNS = [
     "epoch",
     "cell_loss",
     "instance_loss",
+    "colour_loss",
     "train_instance_accuracy",
     "lr",
     "seconds",
