@@ -282,6 +282,8 @@ def test_node_skips_when_other_weights_are_configured(tmp_path):
     assert bundle["state_dict"] is None and "IMAGENET1K_V1" in bundle["skipped"]
     assert history.empty and "train_instance_accuracy" in history.columns
     assert not (tmp_path / "cache").exists()
+    # conf/gpu is such an environment: ImageNet weights, no in-domain pretraining.
+    assert section("train", "gpu")["encoder"]["weights"].startswith("IMAGENET")
 
 
 def test_train_node_starts_from_the_pretrained_trunk(tmp_path):
