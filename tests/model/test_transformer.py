@@ -1,4 +1,4 @@
-"""Transformer decoder (issue 14): protocol, KV cache, causality, head selection, ICA, search."""
+"""Transformer decoder: protocol, KV cache, causality, head selection, ICA, search."""
 
 from __future__ import annotations
 

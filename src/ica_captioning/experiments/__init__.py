@@ -1,1 +1,1 @@
-"""Control experiments: pseudo-label variants and statistics over seeds (issue 13)."""
+"""Control experiments: pseudo-label variants and statistics over seeds."""

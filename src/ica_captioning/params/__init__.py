@@ -9,6 +9,7 @@ from ica_captioning.params.base import ParameterError, Params, deep_merge
 from ica_captioning.params.dataset import DatasetParams
 from ica_captioning.params.detection import DetectionParams
 from ica_captioning.params.evaluation import EvaluationParams
+from ica_captioning.params.experiments import ExperimentsParams
 from ica_captioning.params.ingestion import IngestionParams
 from ica_captioning.params.matching import MatchingParams
 from ica_captioning.params.pretraining import PretrainingParams
@@ -23,6 +24,7 @@ SECTIONS: dict[str, type[Params]] = {
     "pretraining": PretrainingParams,
     "train": TrainParams,
     "evaluation": EvaluationParams,
+    "experiments": ExperimentsParams,
 }
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "DatasetParams",
     "DetectionParams",
     "EvaluationParams",
+    "ExperimentsParams",
     "IngestionParams",
     "MatchingParams",
     "ModelParams",
