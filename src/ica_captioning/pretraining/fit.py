@@ -3,10 +3,10 @@
 The trunk that ``train.encoder`` describes (backbone, kept blocks, grid, image size, init seed)
 is trained from scratch on the **training split only**, to predict per grid cell which class
 covers it (``targets.occupancy_targets``) and its mean colour, and, from its features averaged
-over each detected instance, the instance's class. Linear heads sit on the ``[B, L, D]`` grid features the
-captioner will attend over, so what the trunk learns is linearly readable from exactly those
-features. The heads are discarded; the trunk's weights are saved under torchvision names, so
-``train.encoder.weights`` loads them like any other weights file.
+over each detected instance, the instance's class. Linear heads sit on the ``[B, L, D]`` grid
+features the captioner will attend over, so what the trunk learns is linearly readable from
+exactly those features. The heads are discarded; the trunk's weights are saved under
+torchvision names, so ``train.encoder.weights`` loads them like any other weights file.
 
 A run is cached by a fingerprint of its settings and its training data (image files and their
 detections), so a rerun with the same inputs loads the result instead of training again.
