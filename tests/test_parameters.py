@@ -10,6 +10,7 @@ import pytest
 from project_conf import PROJECT, conf_params, section
 
 from ica_captioning.params import SECTIONS, ParameterError, Params, TrainParams
+from ica_captioning.variants import TRANSFORMER_VARIANTS, VARIANTS
 
 CONF = PROJECT / "conf" / "base"
 
@@ -75,7 +76,7 @@ def test_every_schema_field_is_documented_in_conf_base(name):
 
 
 def test_conf_base_has_no_key_outside_the_schemas():
-    known = set(SECTIONS) | {"seed", "baseline", "ica"}
+    known = set(SECTIONS) | {"seed", *VARIANTS, *TRANSFORMER_VARIANTS}
     assert set(conf_params("base")) <= known
 
 
@@ -106,3 +107,39 @@ def test_variant_overrides_change_single_keys():
     assert base.decoder == TrainParams.resolve(train).decoder
     with pytest.raises(ParameterError, match="train.decoder.hidden: unknown key"):
         TrainParams.resolve(train, {"decoder": {"hidden": 3}})
+
+
+def test_transformer_namespaces_and_the_gpu_transformer():
+    params = conf_params()
+    base, ica = (
+        TrainParams.resolve(params["train"], params[v]["train_overrides"])
+        for v in TRANSFORMER_VARIANTS
+    )
+    assert base.architecture == ica.architecture == "transformer"
+    assert (base.lambda_aux, ica.lambda_aux) == (0.0, params["train"]["lambda_aux"])
+    assert base.replace(lambda_aux=ica.lambda_aux) == ica  # the variants differ in λ only
+    # The default train pipeline and conf/gpu keep Show-Attend-Tell.
+    assert TrainParams.resolve(section("train")).architecture == "sat"
+    gpu = TrainParams.resolve(section("train", "gpu"))
+    assert gpu.architecture == "sat"
+    tr = gpu.transformer  # paper scale, used by `kedro run --env gpu --pipeline transformer`
+    assert (tr.num_layers, tr.encoder_layers, tr.d_model, tr.num_heads, tr.d_ff) == (
+        6, 6, 512, 8, 2048,
+    )  # fmt: skip
+    assert tr.warmup_steps == 20000 and tr.dropout == 0.1
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"d_model": 130}, "divisible by num_heads"),
+        ({"ica_layers": [2]}, r"ica_layers \[2\] outside 0..1"),
+        ({"ica_heads": [0, -4]}, "repeats an index"),
+        ({"ica_heads": []}, "at least one"),
+        ({"ica_layers": "first"}, "train.transformer.ica_layers"),
+        ({"head_reduction": "sum"}, "train.transformer.head_reduction"),
+    ],
+)
+def test_transformer_selection_is_checked(change, message):
+    with pytest.raises(ParameterError, match=message):
+        TrainParams.resolve(section("train"), {"transformer": change})

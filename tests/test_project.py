@@ -51,6 +51,9 @@ def test_pipelines_registered_under_design_names():
     default_nodes = {n.name for n in pipelines["__default__"].nodes}
     for name in expected:
         assert {n.name for n in pipelines[name].nodes} <= default_nodes
+    # Opt-in: the Transformer decoder trains only with `kedro run --pipeline transformer`.
+    assert "transformer_ica.train_model" in {n.name for n in pipelines["transformer"].nodes}
+    assert not any(name.startswith("transformer_") for name in default_nodes)
 
 
 def test_telemetry_consent_is_off_and_committed():

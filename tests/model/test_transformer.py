@@ -351,10 +351,13 @@ def test_captioner_holds_the_transformer_decoder():
     with torch.no_grad():
         feats = model.encode(images)
         logits, attn = model(images=images, inputs=ids[:, :-1])
-        # Captioner.forward passes the decoder's [B, Λ, H, T, L] through unchanged (see report).
-        assert logits.shape == (2, 4, V) and attn.shape == (2, LAYERS, HEADS, 4, L)
+        # Captioner.forward reduces the decoder's [B, Λ, H, T, L] to its selection [B, T, H', L]
+        # (the default decoder's: the last layer's heads).
+        assert logits.shape == (2, 4, V) and attn.shape == (2, 4, HEADS, L)
+        _, full = model.decoder(feats, ids[:, :-1])
+        torch.testing.assert_close(attn, protocol_attention(full))
         forced = teacher_forced_alphas(model.decoder, feats, ids)  # mixed lengths: state slicing
-        expected = sequence_attention(protocol_attention(attn))
+        expected = sequence_attention(attn)
         torch.testing.assert_close(forced[0], expected[0], atol=1e-5, rtol=0)
         torch.testing.assert_close(forced[1, :2], expected[1, :2], atol=1e-5, rtol=0)
         assert (forced[1, 2:] == 0).all()

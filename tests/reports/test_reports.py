@@ -13,13 +13,20 @@ from ica_captioning.reports import (
     attention_figures,
     comparison_table,
     figure_sample,
+    head_attention_figure,
     table1,
     training_curves_figure,
     upsample_attention,
     with_keys,
 )
 from ica_captioning.reports.figures import load_image
-from ica_captioning.variants import BASELINE, ICA, LABELS
+from ica_captioning.variants import (
+    BASELINE,
+    ICA,
+    LABELS,
+    TRANSFORMER_BASELINE,
+    TRANSFORMER_ICA,
+)
 
 
 def _caption_rows(variant, values, dataset="flickr8k"):
@@ -137,7 +144,59 @@ def test_training_curves_one_panel_per_numeric_column():
 
 
 def test_variant_labels_are_the_variants_labels():
-    assert VARIANT_LABELS == LABELS == {BASELINE: "Show-Attend-Tell", ICA: "+ICA Loss"}
+    assert VARIANT_LABELS is LABELS
+    assert {k: LABELS[k] for k in (BASELINE, ICA)} == {
+        BASELINE: "Show-Attend-Tell",
+        ICA: "+ICA Loss",
+    }
+    assert LABELS[TRANSFORMER_BASELINE] == "Transformer"
+    assert LABELS[TRANSFORMER_ICA] == "Transformer +ICA Loss"
+
+
+def test_comparison_has_a_block_per_pair_and_keeps_unpaired_models():
+    base = {"BLEU-4": 0.20, "CIDEr": 0.6}
+    caps = pd.concat(
+        [_caption_rows(TRANSFORMER_ICA, {"BLEU-4": 0.26, "CIDEr": 0.8}),
+         _caption_rows("other", {"BLEU-4": 0.1, "CIDEr": 0.3}),
+         _caption_rows(TRANSFORMER_BASELINE, {"BLEU-4": 0.25, "CIDEr": 0.7}),
+         _caption_rows(BASELINE, base), _caption_rows(ICA, {"BLEU-4": 0.22, "CIDEr": 0.65})]
+    )  # fmt: skip
+    ground = pd.concat([_grounding_rows(v, 0.1 * i) for i, v in enumerate(
+        (BASELINE, ICA, TRANSFORMER_BASELINE, TRANSFORMER_ICA))])  # fmt: skip
+    comp = comparison_table(caps, ground)
+    assert comp["variant"].tolist() == [
+        BASELINE, ICA, "difference", TRANSFORMER_BASELINE, TRANSFORMER_ICA,
+        "transformer_difference", "other",
+    ]  # fmt: skip
+    assert comp["model"].tolist()[3:] == [
+        "Transformer", "Transformer +ICA Loss", "Δ (+ICA − Transformer)", "other",
+    ]  # fmt: skip
+    by = comp.set_index("variant")
+    assert by.loc["transformer_difference", "CIDEr"] == pytest.approx(0.1)
+    assert by.loc["difference", "BLEU-4"] == pytest.approx(0.02)
+    col = "attention_correctness [generated/pseudo_labels]"
+    assert by.loc["transformer_difference", col] == pytest.approx(0.1)
+    assert math.isnan(by.loc["other", col])
+    # The Transformer pair alone: its block, no SAT rows.
+    only = comparison_table(caps[caps["variant"].str.startswith("transformer")], pd.DataFrame())
+    assert only["variant"].tolist() == [TRANSFORMER_BASELINE, TRANSFORMER_ICA,
+                                        "transformer_difference"]  # fmt: skip
+
+
+def test_head_attention_figure_has_a_mean_row_and_a_row_per_map():
+    image = np.zeros((32, 32, 3), np.uint8)
+    maps = np.random.default_rng(0).dirichlet(np.ones(16), size=(3, 2)).reshape(3, 2, 4, 4)
+    labels = ["layer 2 head 1", "layer 2 head 2"]
+    fig = head_attention_figure(image, "Transformer", ["a", "red", "circle"], maps, labels,
+                                max_words=5, title="t", overlay_alpha=0.6)  # fmt: skip
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 3 * (1 + 3)  # mean + 2 heads, each the image and 3 words
+    row_titles = [ax.get_title(loc="left") for ax in visible if ax.get_title(loc="left")]
+    assert row_titles[0].startswith("Transformer: mean of 2 maps")
+    assert row_titles[2].startswith("Transformer: layer 2 head 2")
+    with pytest.raises(ValueError, match="maps must be"):
+        head_attention_figure(image, "x", ["a"], maps, labels, max_words=5, title="",
+                              overlay_alpha=0.6)  # fmt: skip
 
 
 def test_figure_sample_is_seeded_sorted_and_capped():

@@ -8,7 +8,7 @@ from ica_captioning.decoding.beam_search import (
     concat_outputs,
 )
 from ica_captioning.decoding.runner import decode_split
-from ica_captioning.decoding.teacher_forcing import teacher_forced_alphas
+from ica_captioning.decoding.teacher_forcing import teacher_forced_alphas, teacher_forced_heads
 
 __all__ = [
     "BeamSearchOutput",
@@ -18,4 +18,5 @@ __all__ = [
     "concat_outputs",
     "decode_split",
     "teacher_forced_alphas",
+    "teacher_forced_heads",
 ]

@@ -67,3 +67,36 @@ def teacher_forced_alphas(
         out_sorted[:active, t] = step_attention(alpha).float()  # [n', L]
     out[order] = out_sorted
     return out
+
+
+@torch.inference_mode()
+def teacher_forced_heads(decoder: StepDecoder, features: Tensor, ids: Tensor) -> Tensor:
+    """Every map a decoder's ``step`` returns for given captions, heads kept apart.
+
+    Like :func:`teacher_forced_alphas` but without the head mean and without skipping padding
+    (every caption runs all ``S − 1`` steps; meant for a few captions, e.g. the figures).
+
+    Args:
+        decoder: object with ``init_state`` / ``step``.
+        features: ``[N, L, D]`` features, one row per caption.
+        ids: ``[N, S]`` long, ``[<start>, w_0, ..., w_{n-1}, ...]``.
+
+    Returns:
+        ``[N, S - 1, H, L]`` float: the maps of the step predicting ``ids[:, i + 1]``; ``H = 1``
+        for a decoder with one map per step (Show-Attend-Tell), the Transformer's selected maps
+        (``decoder.attention_maps``) otherwise.
+    """
+    if features.dim() != 3 or ids.dim() != 2 or features.shape[0] != ids.shape[0]:
+        raise ValueError(
+            f"features must be [N, L, D] and ids [N, S] with the same N, got "
+            f"{tuple(features.shape)} and {tuple(ids.shape)}"
+        )
+    ids = ids.to(features.device).long()
+    state = tuple(decoder.init_state(features))
+    maps = []
+    for t in range(ids.shape[1] - 1):
+        _, alpha, state = decoder.step(features, ids[:, t], state)
+        maps.append((alpha if alpha.dim() == 3 else alpha.unsqueeze(1)).float())  # [N, H, L]
+    if not maps:
+        return torch.zeros(features.shape[0], 0, 1, features.shape[1], device=features.device)
+    return torch.stack(maps, dim=1)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ica_captioning.losses.ica import ica_loss
+from ica_captioning.model.protocol import sequence_attention
 from ica_captioning.tokens import PAD_ID
 
 
@@ -38,21 +39,27 @@ def loss_terms(
     ica_valid: torch.Tensor | None,
     compute_ica: bool,
     mapping: str,
+    head_reduction: str = "mean",
 ) -> LossTerms:
     """Unnormalised loss terms of a teacher-forced batch.
 
     Args:
         logits: ``[B, T, V]`` decoder outputs.
-        alphas: ``[B, T, L]`` attention maps (step ``t`` predicts ``targets[:, t]``).
+        alphas: ``[B, T, L]`` attention maps (step ``t`` predicts ``targets[:, t]``), or a
+            multi-head decoder's ``[B, T, H, L]`` (the Transformer's selected maps).
         targets: ``[B, T]`` long next tokens (``ids[:, 1:]``), ``PAD_ID`` = padding.
         ica_targets: ``[B, T, L]`` bool pseudo-label masks, or None.
         ica_valid: ``[B, T]`` bool, which (caption, step) pairs carry a pseudo-label.
         compute_ica: whether to evaluate the ICA term at all (skipped for λ_aux = 0, so the
             baseline pays nothing for it).
         mapping: attention → hinge-score mapping passed to ``ica_loss``.
+        head_reduction: how ``ica_loss`` combines multi-head maps (``mean | max | per_head``);
+            ignored for ``[B, T, L]``.
 
     Returns:
-        The sums and counts.
+        The sums and counts. With multi-head maps the doubly-stochastic term is computed on
+        their head mean (:func:`~ica_captioning.model.protocol.sequence_attention`), and the
+        ICA term on ``alphas.transpose(1, 2)`` (``[B, H, T, L]``) with ``head_reduction``.
     """
     mask = targets != PAD_ID  # [B, T] valid (non-padded) steps
     ce_sum = F.cross_entropy(
@@ -63,20 +70,30 @@ def loss_terms(
     )
     # Doubly stochastic regularisation (Xu et al. eq. 14): each cell should receive a total
     # attention of ~1 over the caption's valid steps; padded steps do not count.
-    att_total = (alphas.float() * mask.unsqueeze(-1)).sum(dim=1)  # [B, L]
+    maps = sequence_attention(alphas)  # [B, T, L] (multi-head: the head mean)
+    att_total = (maps.float() * mask.unsqueeze(-1)).sum(dim=1)  # [B, L]
     dsr_sum = ((1.0 - att_total) ** 2).sum()
     n_pairs = 0
     ica_sum = None
     if compute_ica and ica_targets is not None and ica_valid is not None:
         valid = ica_valid & mask
         n_pairs = int(valid.sum())
-        ica_sum = ica_loss(alphas, ica_targets, valid, mapping=mapping, reduction="sum")
+        # ica_loss takes multi-head maps as [B, H, T, L].
+        heads = alphas.transpose(1, 2) if alphas.dim() == 4 else alphas
+        ica_sum = ica_loss(
+            heads,
+            ica_targets,
+            valid,
+            mapping=mapping,
+            head_reduction=head_reduction,
+            reduction="sum",
+        )
     return LossTerms(
         ce_sum=ce_sum,
         dsr_sum=dsr_sum,
         ica_sum=ica_sum,
         n_tokens=int(mask.sum()),
-        n_dsr=int(alphas.shape[0] * alphas.shape[-1]),
+        n_dsr=int(maps.shape[0] * maps.shape[-1]),
         n_pairs=n_pairs,
     )
 

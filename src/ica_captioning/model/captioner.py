@@ -13,20 +13,27 @@ from torch import nn
 
 from ica_captioning.model.decoder import AttentionDecoder
 from ica_captioning.model.encoder import Encoder
+from ica_captioning.model.transformer import TransformerDecoder
 from ica_captioning.params import ModelParams, Params
 
 
 class Captioner(nn.Module):
-    """Show-Attend-Tell captioner.
+    """Encoder + attention decoder: Show-Attend-Tell or the Transformer decoder.
 
     Args:
         encoder: image encoder producing ``[B, L, D]``.
-        decoder: attention decoder over those annotations.
-        config: the settings it was built from (``{"encoder": {...}, "decoder": {...}}``; a
-            loaded model keeps its bundle's whole train config).
+        decoder: attention decoder over those annotations (:class:`AttentionDecoder` or
+            :class:`TransformerDecoder`; anything with the decoder protocol).
+        config: the settings it was built from (``{"architecture", "encoder", "decoder",
+            "transformer"}``; a loaded model keeps its bundle's whole train config).
     """
 
-    def __init__(self, encoder: Encoder, decoder: AttentionDecoder, config: Mapping[str, Any]):
+    def __init__(
+        self,
+        encoder: Encoder,
+        decoder: AttentionDecoder | TransformerDecoder,
+        config: Mapping[str, Any],
+    ):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
@@ -87,7 +94,10 @@ class Captioner(nn.Module):
                 ``image_inv[b]`` of ``images``/``features`` (``[U, ...]``, each image encoded once).
 
         Returns:
-            ``(logits [B, T, V], alphas [B, T, L])``.
+            ``(logits [B, T, V], alphas)``: ``[B, T, L]`` for Show-Attend-Tell; for the
+            Transformer the selected cross-attention maps (``train.transformer.ica_layers`` /
+            ``ica_heads``) ``[B, T, H', L]``, the protocol's multi-head layout and the maps its
+            ``step`` returns.
         """
         if inputs is None:
             raise ValueError("Captioner.forward needs the decoder inputs [B, T]")
@@ -97,32 +107,57 @@ class Captioner(nn.Module):
             features = self.encode(images)
         if image_inv is not None:
             features = features[image_inv]  # [U, L, D] -> [B, L, D]
-        return self.decoder(features, inputs)
+        logits, attention = self.decoder(features, inputs)
+        if attention.dim() == 5:  # Transformer: [B, Λ, H, T, L] -> its selection [B, T, H', L]
+            attention = self.decoder.protocol_attention(attention)
+        return logits, attention
 
 
 def build_captioner(config: ModelParams | Params | Mapping[str, Any], vocab_size: int) -> Captioner:
     """Build a captioner from its settings.
 
     Args:
-        config: :class:`ModelParams`, or anything with its ``encoder`` and ``decoder`` sections
-            (``TrainParams``, a bundle's config).
+        config: :class:`ModelParams`, or anything with its ``architecture``, ``encoder``,
+            ``decoder`` and ``transformer`` sections (``TrainParams``, a bundle's config).
         vocab_size: V.
 
     Returns:
-        The captioner (encoder weights loaded as ``encoder.weights`` says).
+        The captioner (encoder weights loaded as ``encoder.weights`` says) with the decoder
+        ``architecture`` names: :class:`AttentionDecoder` (``sat``, settings ``decoder``) or
+        :class:`TransformerDecoder` (``transformer``, settings ``transformer``; its ``step``
+        returns the maps ``ica_layers`` / ``ica_heads`` select).
     """
     params = ModelParams.of(config)
     encoder = Encoder.from_params(params.encoder)
-    dec = params.decoder
-    decoder = AttentionDecoder(
-        vocab_size=vocab_size,
-        feature_dim=encoder.out_dim,
-        embed_dim=dec.embed_dim,
-        hidden_dim=dec.hidden_dim,
-        attention_dim=dec.attention_dim,
-        dropout=dec.dropout,
-        attention_init_scale=dec.attention_init_scale,
-    )
+    if params.architecture == "transformer":
+        tr = params.transformer
+        decoder: AttentionDecoder | TransformerDecoder = TransformerDecoder(
+            vocab_size=vocab_size,
+            feature_dim=encoder.out_dim,
+            d_model=tr.d_model,
+            num_layers=tr.num_layers,
+            num_heads=tr.num_heads,
+            d_ff=tr.d_ff,
+            dropout=tr.dropout,
+            encoder_layers=tr.encoder_layers,
+            grid_size=encoder.grid_size,
+            max_len=tr.max_len,
+            tie_embeddings=tr.tie_embeddings,
+            attention_init_scale=tr.attention_init_scale,
+            attention_layers=tr.ica_layers,
+            attention_heads=tr.ica_heads,
+        )
+    else:
+        dec = params.decoder
+        decoder = AttentionDecoder(
+            vocab_size=vocab_size,
+            feature_dim=encoder.out_dim,
+            embed_dim=dec.embed_dim,
+            hidden_dim=dec.hidden_dim,
+            attention_dim=dec.attention_dim,
+            dropout=dec.dropout,
+            attention_init_scale=dec.attention_init_scale,
+        )
     return Captioner(encoder, decoder, params.to_dict())
 
 
@@ -132,8 +167,10 @@ def load_captioner(
     """Rebuild a trained captioner from its bundle.
 
     Args:
-        bundle: the ``{"state_dict", "config", "vocabulary"}`` dict saved by the ``train`` pipeline
-            (``baseline.model`` / ``ica.model``), or a path to a pickle of it.
+        bundle: the ``{"state_dict", "config", "vocabulary"}`` dict saved by the ``train`` or
+            ``transformer`` pipeline (``baseline.model``, ``ica.model``,
+            ``transformer_baseline.model``, ``transformer_ica.model``), or a path to a pickle of
+            it. ``config["architecture"]`` (``sat`` when absent) selects the decoder.
         device: where to put the model.
 
     Returns:

@@ -144,9 +144,10 @@ def protocol_attention(
 ) -> Tensor:
     """The teacher-forced maps in the protocol's multi-head layout ``[B, T, H', L]``.
 
-    ``select_attention(...).transpose(1, 2)``. With the defaults (last layer, all heads) these are
-    the maps :meth:`TransformerDecoder.step` returns, step by step, so a ``CaptionModel``'s
-    ``__call__`` returns what evaluation sees. ``sequence_attention`` averages them over heads.
+    ``select_attention(...).transpose(1, 2)``. With a decoder's own selection
+    (:meth:`TransformerDecoder.protocol_attention`) these are the maps its ``step`` returns, step
+    by step, so a ``CaptionModel``'s ``__call__`` returns what evaluation sees.
+    ``sequence_attention`` averages them over heads.
     """
     return select_attention(attention, layers, heads).transpose(1, 2)
 
@@ -302,11 +303,14 @@ class TransformerDecoder(nn.Module):
 
     Teacher forcing (:meth:`forward`) returns every layer's and head's cross-attention
     ``[B, Λ, H, T, L]``; :func:`select_attention` picks the layers and heads the ICA loss should
-    supervise. Step-wise decoding (:meth:`init_state`, :meth:`step`) follows the protocol with a
-    key/value cache; ``step`` returns the **last layer's** cross-attention per head ``[R, H, L]``,
-    which every protocol consumer (beam search, greedy, evaluation, figures) averages over heads:
-    the maps evaluated are the head mean of the last layer, the same maps as
-    :func:`protocol_attention` with its defaults.
+    supervise. The decoder holds one such selection, :attr:`attention_layers` and
+    :attr:`attention_heads` (``train.transformer.ica_layers`` / ``ica_heads``): step-wise
+    decoding (:meth:`init_state`, :meth:`step`) follows the protocol with a key/value cache and
+    ``step`` returns **the selected maps** ``[R, H', L]``, which every protocol consumer (beam
+    search, greedy, evaluation, figures) averages over ``H'``; :meth:`protocol_attention` gives
+    the same maps teacher-forced (``[B, T, H', L]``, what ``Captioner.forward`` returns). So
+    evaluation measures the maps that ICA supervises (with the default selection, the last
+    layer's heads), for the baseline too.
 
     Rows and images: like the SAT decoder, ``step`` takes ``features [N, L, D]`` with
     ``tokens [N·K]`` (``K`` consecutive rows per image); the memory and the cross-attention keys
@@ -326,6 +330,12 @@ class TransformerDecoder(nn.Module):
         max_len: most input tokens per caption (positions ``0 … max_len − 1``); for evaluation
             at ``max_len`` words beam search feeds ``max_len + 1`` tokens.
         tie_embeddings: use the input embedding matrix as the output projection's weight.
+        attention_init_scale: multiplies the initial weights of every cross-attention query
+            projection, i.e. the initial cross-attention logits (an inverse temperature at
+            initialisation; 1 = PyTorch's default init). Trained freely afterwards.
+        attention_layers: layers of the maps :meth:`step` and :meth:`protocol_attention` return
+            (``"last"``, ``"all"`` or indices; :func:`select_attention`).
+        attention_heads: heads of those layers (``"all"`` or indices).
     """
 
     #: State slots indexed by image (``memory``, ``cross_k``, ``cross_v``), see :data:`State`.
@@ -345,6 +355,9 @@ class TransformerDecoder(nn.Module):
         grid_size: int,
         max_len: int,
         tie_embeddings: bool,
+        attention_init_scale: float = 1.0,
+        attention_layers: LayerSelection = "last",
+        attention_heads: HeadSelection = "all",
     ) -> None:
         super().__init__()
         if num_layers < 1 or num_heads < 1 or encoder_layers < 0 or max_len < 1:
@@ -366,6 +379,9 @@ class TransformerDecoder(nn.Module):
         self.grid_size = int(grid_size)
         self.max_len = int(max_len)
         self.tie_embeddings = bool(tie_embeddings)
+        #: Selected layers and heads (index lists) of :meth:`step` / :meth:`protocol_attention`.
+        self.attention_layers = _indices(attention_layers, self.num_layers, "layers")
+        self.attention_heads = _indices(attention_heads, self.num_heads, "heads")
 
         self.embedding = nn.Embedding(vocab_size, d_model)
         nn.init.normal_(self.embedding.weight, std=d_model**-0.5)  # × √d_model at the input
@@ -381,6 +397,11 @@ class TransformerDecoder(nn.Module):
         self.out = nn.Linear(d_model, vocab_size)
         if self.tie_embeddings:
             self.out.weight = self.embedding.weight
+        if not attention_init_scale > 0:
+            raise ValueError(f"attention_init_scale must be > 0, got {attention_init_scale}")
+        with torch.no_grad():
+            for layer in self.layers:
+                layer.cross_attn.q.weight.mul_(float(attention_init_scale))
         self.dropout = nn.Dropout(dropout)
         # Fixed encodings: not saved (a bundle does not depend on max_len for them).
         self.register_buffer(
@@ -455,6 +476,19 @@ class TransformerDecoder(nn.Module):
     ) -> Tensor:
         """:func:`select_attention`: ``[B, Λ, H, T, L]`` → ``[B, H', T, L]`` for ``ica_loss``."""
         return select_attention(attention, layers, heads)
+
+    def protocol_attention(self, attention: Tensor) -> Tensor:
+        """This decoder's selected maps of :meth:`forward`'s attention, ``[B, T, H', L]``.
+
+        The teacher-forced counterpart of :meth:`step`'s maps: ``protocol_attention(attention,
+        attention_layers, attention_heads)``.
+        """
+        return protocol_attention(attention, self.attention_layers, self.attention_heads)
+
+    @property
+    def attention_maps(self) -> list[tuple[int, int]]:
+        """``(layer, head)`` of each of the ``H'`` selected maps, in their order (layer-major)."""
+        return [(la, h) for la in self.attention_layers for h in self.attention_heads]
 
     # --- the decoder protocol ------------------------------------------------------------------
 
@@ -532,12 +566,17 @@ class TransformerDecoder(nn.Module):
                 self-attention cache) have ``N·K`` rows, the image slots ``N``.
 
         Returns:
-            ``(logits [N·K, V], attention [N·K, H, L], new state)``: the attention is the last
-            layer's cross-attention per head (consumers average it over heads).
+            ``(logits [N·K, V], attention [N·K, H', L], new state)``: the attention is the
+            selected layers' selected heads (:attr:`attention_maps`; by default the last layer's
+            heads), which consumers average over ``H'``.
 
         Raises:
             ValueError: rows that are not a multiple of the images, state of the wrong size, or a
                 position at ``max_len``.
         """
-        logits, maps, state = self.step_all(features, tokens, state)
-        return logits, maps[:, -1], state
+        logits, maps, state = self.step_all(features, tokens, state)  # maps [R, Λ, H, L]
+        rows = maps.shape[0]
+        dev = maps.device
+        maps = maps.index_select(1, torch.tensor(self.attention_layers, device=dev))
+        maps = maps.index_select(2, torch.tensor(self.attention_heads, device=dev))
+        return logits, maps.reshape(rows, -1, maps.shape[-1]), state

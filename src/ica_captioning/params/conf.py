@@ -42,13 +42,18 @@ def model_params(
     encoder: dict[str, Any] | None = None,
     decoder: dict[str, Any] | None = None,
     env: str = "base",
+    *,
+    architecture: str | None = None,
+    transformer: dict[str, Any] | None = None,
 ) -> ModelParams:
-    """The project's encoder and decoder settings with single keys overridden.
+    """The project's model settings with single keys overridden.
 
     Args:
         encoder: keys of ``train.encoder`` to change (``{"grid_size": 7}``).
         decoder: keys of ``train.decoder`` to change.
         env: the configuration environment to start from.
+        architecture: ``sat`` | ``transformer`` instead of ``train.architecture``.
+        transformer: keys of ``train.transformer`` to change.
 
     ``weights: pretrained`` names weights that only a pipeline run makes (the pretraining stage);
     here it becomes ``none`` — the same architecture, randomly initialised — unless ``encoder``
@@ -59,7 +64,9 @@ def model_params(
         train["encoder"]["weights"] = "none"
     return ModelParams.of(
         {
+            "architecture": architecture or train["architecture"],
             "encoder": deep_merge(train["encoder"], encoder),
             "decoder": deep_merge(train["decoder"], decoder),
+            "transformer": deep_merge(train["transformer"], transformer),
         }
     )

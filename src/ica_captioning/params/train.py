@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ica_captioning.params.base import Params, deep_merge
 from ica_captioning.params.types import Device, Fraction, NonNegativeInt, PositiveInt
@@ -37,18 +37,86 @@ class DecoderParams(Params):
     attention_init_scale: float = Field(gt=0.0)
 
 
-class ModelParams(Params):
-    """What a captioner is built from (the model part of the train settings)."""
+#: Decoder architectures (``train.architecture``): Show-Attend-Tell or the Transformer.
+Architecture = Literal["sat", "transformer"]
+#: ``train.transformer.ica_layers``: the last layer, every layer, or layer indices.
+LayerSelection = Literal["last", "all"] | list[int]
+#: ``train.transformer.ica_heads``: every head or head indices (taken in each chosen layer).
+HeadSelection = Literal["all"] | list[int]
 
+
+class TransformerParams(Params):
+    """The pre-LN Transformer decoder (``ica_captioning.model.transformer``) and its ICA maps."""
+
+    d_model: PositiveInt
+    num_layers: PositiveInt
+    num_heads: PositiveInt
+    d_ff: PositiveInt
+    dropout: Fraction
+    encoder_layers: NonNegativeInt
+    tie_embeddings: bool
+    max_len: PositiveInt
+    warmup_steps: NonNegativeInt
+    attention_init_scale: float = Field(gt=0.0)
+    ica_layers: LayerSelection
+    ica_heads: HeadSelection
+    head_reduction: Literal["mean", "max", "per_head"]
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> TransformerParams:
+        if self.d_model % self.num_heads or self.d_model % 4:
+            raise ValueError(
+                f"d_model={self.d_model} must be divisible by num_heads={self.num_heads} and by 4"
+            )
+        for name, chosen, size in (
+            ("ica_layers", self.ica_layers, self.num_layers),
+            ("ica_heads", self.ica_heads, self.num_heads),
+        ):
+            if isinstance(chosen, list):
+                if not chosen:
+                    raise ValueError(f"{name} must name at least one index")
+                bad = [i for i in chosen if not -size <= i < size]
+                if bad:
+                    raise ValueError(f"{name} {bad} outside 0..{size - 1}")
+                if len({i % size for i in chosen}) != len(chosen):
+                    raise ValueError(f"{name} {chosen} repeats an index")
+        return self
+
+
+class ModelParams(Params):
+    """What a captioner is built from (the model part of the train settings).
+
+    ``decoder`` holds the Show-Attend-Tell settings, ``transformer`` the Transformer's;
+    ``architecture`` says which one is built. A bundle saved before ``architecture`` existed is a
+    Show-Attend-Tell model (:meth:`of`).
+    """
+
+    architecture: Architecture
     encoder: EncoderParams
     decoder: DecoderParams
+    transformer: TransformerParams | None
+
+    @model_validator(mode="after")
+    def _check_transformer(self) -> ModelParams:
+        if self.architecture == "transformer" and self.transformer is None:
+            raise ValueError("architecture 'transformer' needs the transformer settings")
+        return self
 
     @classmethod
     def of(cls, config: Mapping[str, Any] | Params) -> ModelParams:
         """The model settings of a train config, a model config or a saved bundle's config."""
         if isinstance(config, Params):
             config = config.model_dump()
-        return cls.parse({"encoder": config["encoder"], "decoder": config["decoder"]}, "model")
+        return cls.parse(
+            {
+                # Bundles saved before train.architecture existed are all Show-Attend-Tell.
+                "architecture": config.get("architecture", "sat"),
+                "encoder": config["encoder"],
+                "decoder": config["decoder"],
+                "transformer": config.get("transformer"),
+            },
+            "model",
+        )
 
 
 class LrScheduleParams(Params):
@@ -94,11 +162,13 @@ class TrainParams(Params):
 
     device: Device
     seed: int
+    architecture: Architecture
     lambda_aux: float = Field(ge=0.0)
     alpha_c: float = Field(ge=0.0)
     ica_mapping: ScoreMapping
     encoder: EncoderParams
     decoder: DecoderParams
+    transformer: TransformerParams
     epochs: PositiveInt
     batch_size: PositiveInt
     bucket_batches: NonNegativeInt
@@ -124,8 +194,29 @@ class TrainParams(Params):
 
     @property
     def model(self) -> ModelParams:
-        """The encoder and decoder settings."""
-        return ModelParams(encoder=self.encoder, decoder=self.decoder)
+        """The architecture, encoder and decoder settings."""
+        return ModelParams(
+            architecture=self.architecture,
+            encoder=self.encoder,
+            decoder=self.decoder,
+            transformer=self.transformer,
+        )
+
+    @property
+    def head_reduction(self) -> str:
+        """How the ICA loss combines multi-head maps (``transformer.head_reduction``).
+
+        Show-Attend-Tell has one map per word, which any reduction leaves as it is.
+        """
+        return self.transformer.head_reduction if self.architecture == "transformer" else "mean"
+
+    @property
+    def warmup_steps(self) -> int:
+        """Optimiser steps of linear learning-rate warm-up (``transformer.warmup_steps``).
+
+        Show-Attend-Tell has none.
+        """
+        return self.transformer.warmup_steps if self.architecture == "transformer" else 0
 
     @property
     def world_size(self) -> int:

@@ -4,6 +4,8 @@ from ica_captioning.reports.figures import (
     attention_figure,
     attention_figures,
     figure_sample,
+    head_attention_figure,
+    head_attention_figures,
     training_curves_figure,
     upsample_attention,
 )
@@ -28,6 +30,8 @@ __all__ = [
     "attention_figures",
     "comparison_table",
     "figure_sample",
+    "head_attention_figure",
+    "head_attention_figures",
     "table1",
     "training_curves_figure",
     "upsample_attention",

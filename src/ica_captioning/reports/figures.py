@@ -1,4 +1,4 @@
-"""Report figures: per-word attention over the image (every model) and training curves.
+"""Report figures: per-word attention over the image (every model; per head too) and curves.
 
 Figures are built with the object-oriented Matplotlib API (``matplotlib.figure.Figure``), so no
 pyplot state or interactive backend is involved; the Kedro ``MatplotlibDataset`` saves them.
@@ -14,9 +14,13 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
+from ica_captioning.decoding.teacher_forcing import teacher_forced_heads
+from ica_captioning.model.images import preprocess_images
+from ica_captioning.tokens import END_ID, START_ID, UNK_ID
 from ica_captioning.variants import LABELS
 
 
@@ -166,6 +170,116 @@ def attention_figures(
             title=f"image {iid}",
             overlay_alpha=overlay_alpha,
         )
+    return figures
+
+
+def head_attention_figure(
+    image: np.ndarray,
+    label: str,
+    words: Sequence[str],
+    maps: np.ndarray,
+    map_labels: Sequence[str],
+    *,
+    max_words: int,
+    title: str,
+    overlay_alpha: float,
+) -> Figure:
+    """One model's caption with each word's attention averaged over heads, then per head.
+
+    Args:
+        image: ``[H, W, 3]`` uint8 image.
+        label: the model's label.
+        words: the caption's ``n`` words.
+        maps: ``[n, H', G, G]``: the ``H'`` maps of every word (the maps the decoder's ``step``
+            returns: for the Transformer its selected layers' heads).
+        map_labels: the ``H'`` row labels (``layer 2 head 1`` ...).
+        max_words: words shown per row.
+        title: figure title.
+        overlay_alpha: see :func:`attention_figure`.
+
+    Returns:
+        The figure: first row the mean over the ``H'`` maps (what evaluation scores), then one
+        row per map, all on one colour scale.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim != 4 or maps.shape[0] != len(words) or maps.shape[1] != len(map_labels):
+        raise ValueError(
+            f"maps must be [words, maps, G, G] = [{len(words)}, {len(map_labels)}, G, G], got "
+            f"{maps.shape}"
+        )
+    rows = [(f"{label}: mean of {len(map_labels)} maps", words, maps.mean(axis=1))]
+    rows += [(f"{label}: {name}", words, maps[:, h]) for h, name in enumerate(map_labels)]
+    return attention_figure(
+        image, rows, max_words=max_words, title=title, overlay_alpha=overlay_alpha
+    )
+
+
+def map_labels(decoder: object) -> list[str]:
+    """Row labels of the maps a decoder's ``step`` returns (1-based layers and heads)."""
+    chosen = getattr(decoder, "attention_maps", None)
+    if chosen is None:
+        return ["attention"]
+    return [f"layer {layer + 1} head {head + 1}" for layer, head in chosen]
+
+
+@torch.inference_mode()
+def head_attention_figures(
+    models: Mapping[str, object],
+    generated: Mapping[str, pd.DataFrame],
+    evaluation_images: pd.DataFrame,
+    images_dir: str | os.PathLike,
+    *,
+    num_images: int,
+    max_words: int,
+    seed: int,
+    overlay_alpha: float,
+) -> dict[str, Figure]:
+    """Per-head attention of each model's generated caption on the sampled images.
+
+    The images are those of :func:`attention_figures` (same ``seed``). Each caption is teacher
+    forced through its model to recover the maps of every head that ``step`` returns (beam
+    search keeps only their mean).
+
+    Args:
+        models: variant -> captioner of the decoder protocol (``load_captioner``), on the CPU.
+        generated: variant -> its ``generated_captions``.
+        evaluation_images: ``image_id`` and ``file_path`` (relative to ``images_dir``).
+        images_dir: ``dataset.images_dir``.
+        num_images: images drawn (:func:`figure_sample`).
+        max_words: words shown per caption.
+        seed: seed of the image sample.
+        overlay_alpha: see :func:`attention_figure`.
+
+    Returns:
+        ``{"image_<id>_<variant>.png": figure}`` (:func:`head_attention_figure`).
+    """
+    ids = evaluation_images["image_id"].astype("int64").to_numpy()
+    paths = dict(zip(ids.tolist(), evaluation_images["file_path"]))
+    tables = {variant: table.set_index("image_id") for variant, table in generated.items()}
+    figures = {}
+    for iid in figure_sample(ids, num_images, seed):
+        image = load_image(Path(images_dir) / paths[iid])
+        for variant, model in models.items():
+            words, _ = caption_attention(tables[variant], iid)
+            stoi = {w: i for i, w in enumerate(model.vocabulary["itos"])}
+            # <end> is appended so that a caption without words still has one step.
+            tokens = [START_ID, *(stoi.get(w, UNK_ID) for w in words), END_ID]
+            pixels = preprocess_images([paths[iid]], model.image_size, root=images_dir)
+            device = next(model.parameters()).device
+            features = model.encode(pixels.to(device))  # [1, L, D]
+            heads = teacher_forced_heads(model.decoder, features, torch.tensor([tokens]))
+            g = model.grid_size
+            maps = heads[0, : len(words)].cpu().numpy().reshape(len(words), -1, g, g)
+            figures[f"image_{iid}_{variant}.png"] = head_attention_figure(
+                image,
+                LABELS.get(variant, variant),
+                words,
+                maps,
+                map_labels(model.decoder),
+                max_words=max_words,
+                title=f"image {iid}, {LABELS.get(variant, variant)}: attention per head",
+                overlay_alpha=overlay_alpha,
+            )
     return figures
 
 

@@ -7,16 +7,15 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ica_captioning.variants import BASELINE, ICA, LABELS
+from ica_captioning.variants import COMPARED_PAIRS, LABELS
 
 #: Key columns of every long-format report (docs/contracts.md style: add columns, never rename).
 REPORT_COLUMNS = ["dataset", "variant", "split", "metric", "value", "run_id"]
 
 #: Row labels of the comparison, as in the paper's Table 1 (defined once, in ``variants``).
 VARIANT_LABELS = LABELS
-#: ``variant`` and label of the comparison row holding +ICA minus the baseline.
-DIFFERENCE_VARIANT = "difference"
-DIFFERENCE_LABEL = "Δ (+ICA − SAT)"
+#: ``variant`` and label of the comparison row holding +ICA minus the (SAT) baseline.
+DIFFERENCE_VARIANT, DIFFERENCE_LABEL = COMPARED_PAIRS[0][2:]
 
 #: The metrics of the paper's Table 1, in its column order.
 TABLE1_METRICS = ["BLEU-1", "BLEU-4", "CIDEr", "METEOR", "ROUGE-L", "SPICE"]
@@ -46,22 +45,26 @@ def grounding_column(metric: str, captions: str, masks: str) -> str:
 def comparison_table(
     caption_metrics: pd.DataFrame,
     grounding_metrics: pd.DataFrame,
-    baseline: str = BASELINE,
-    treatment: str = ICA,
+    pairs: Sequence[tuple[str, str, str, str]] = COMPARED_PAIRS,
 ) -> pd.DataFrame:
-    """Table-1 layout: per dataset, the baseline row, the +ICA row and their difference.
+    """Table-1 layout: per dataset, each compared pair's baseline row, +ICA row and difference.
+
+    Every model with rows gets its row: the pairs in their order (baseline, +ICA, then the
+    difference when both are there; e.g. Show-Attend-Tell, then the Transformer), then any
+    other variant in the order of the tables.
 
     Args:
         caption_metrics: long table (:data:`REPORT_COLUMNS`), one run.
         grounding_metrics: long table with ``captions`` and ``masks`` columns, one run.
-        baseline: variant name of the baseline.
-        treatment: variant name of the +ICA model.
+        pairs: ``(baseline, +ICA, difference variant, difference label)`` per compared pair
+            (:data:`ica_captioning.variants.COMPARED_PAIRS`).
 
     Returns:
         Columns ``dataset``, ``split``, ``model`` (Table-1 label), ``variant``
-        (``baseline`` / ``ica`` / ``difference``), then the Table-1 metrics, the extra caption
-        metrics and the grounding metrics (``metric [captions/masks]``), then ``run_id``.
-        Metrics that could not be computed (e.g. SPICE) are NaN.
+        (``baseline`` / ``ica`` / ``difference`` / ``transformer_baseline`` / ...), then the
+        Table-1 metrics, the extra caption metrics and the grounding metrics
+        (``metric [captions/masks]``), then ``run_id``. Metrics that could not be computed
+        (e.g. SPICE) are NaN.
     """
     caps = caption_metrics[["dataset", "split", "variant", "metric", "value", "run_id"]]
     parts = [caps]
@@ -86,35 +89,36 @@ def comparison_table(
     wide = wide.reindex(columns=columns)
     run_ids = long.groupby(["dataset", "split"])["run_id"].first()
 
+    order = list(dict.fromkeys(long["variant"]))  # the tables' order, for unpaired variants
+    paired = {v for pair in pairs for v in pair[:2]}
     rows = []
     for (dataset, split), block in wide.groupby(level=["dataset", "split"], sort=True):
         block = block.droplevel(["dataset", "split"])
-        base = block.loc[baseline] if baseline in block.index else None
-        treat = block.loc[treatment] if treatment in block.index else None
-        for variant, values in ((baseline, base), (treatment, treat)):
-            if values is not None:
-                rows.append(
-                    {
-                        "dataset": dataset,
-                        "split": split,
-                        "model": VARIANT_LABELS.get(variant, variant),
-                        "variant": variant,
-                        **values.to_dict(),
-                    }
-                )
-        if base is not None and treat is not None:
-            rows.append(
-                {
-                    "dataset": dataset,
-                    "split": split,
-                    "model": DIFFERENCE_LABEL,
-                    "variant": DIFFERENCE_VARIANT,
-                    **(treat - base).to_dict(),
-                }
-            )
-        for r in rows:
-            if r["dataset"] == dataset and r["split"] == split:
-                r["run_id"] = run_ids.loc[(dataset, split)]
+        keys = {"dataset": dataset, "split": split}
+        block_rows = []
+        for baseline, treatment, diff_variant, diff_label in pairs:
+            base = block.loc[baseline] if baseline in block.index else None
+            treat = block.loc[treatment] if treatment in block.index else None
+            for variant, values in ((baseline, base), (treatment, treat)):
+                if values is not None:
+                    block_rows.append(
+                        {**keys, "model": VARIANT_LABELS.get(variant, variant),
+                         "variant": variant, **values.to_dict()}
+                    )  # fmt: skip
+            if base is not None and treat is not None:
+                block_rows.append(
+                    {**keys, "model": diff_label, "variant": diff_variant,
+                     **(treat - base).to_dict()}
+                )  # fmt: skip
+        for variant in order:
+            if variant not in paired and variant in block.index:
+                block_rows.append(
+                    {**keys, "model": VARIANT_LABELS.get(variant, variant), "variant": variant,
+                     **block.loc[variant].to_dict()}
+                )  # fmt: skip
+        for r in block_rows:
+            r["run_id"] = run_ids.loc[(dataset, split)]
+        rows += block_rows
     out = pd.DataFrame(rows, columns=["dataset", "split", "model", "variant", *columns, "run_id"])
     out[columns] = out[columns].astype("float64")
     return out

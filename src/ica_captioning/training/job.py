@@ -96,6 +96,33 @@ def check_ica_labels(
     )
 
 
+def check_transformer_length(
+    params: TrainParams, train_set: CaptionSet, val_set: CaptionSet | None
+) -> None:
+    """The Transformer's positions (``transformer.max_len``) must cover every input sequence.
+
+    Teacher forcing feeds ``length − 1`` tokens of each caption and greedy validation
+    ``max_decode_len`` tokens; a longer sequence would stop the run mid-epoch.
+
+    Raises:
+        ValueError: naming the keys, before any training work.
+    """
+    if params.architecture != "transformer":
+        return
+    longest = max(
+        [int(s.lengths.max()) - 1 for s in (train_set, val_set) if s is not None and len(s)],
+        default=0,
+    )
+    need = max(longest, params.max_decode_len)
+    if need > params.transformer.max_len:
+        raise ValueError(
+            f"train.transformer.max_len={params.transformer.max_len} is shorter than the "
+            f"longest input: {longest} tokens of the longest caption (ingestion.max_caption_len "
+            f"+ 1) and train.max_decode_len={params.max_decode_len}; raise "
+            "train.transformer.max_len"
+        )
+
+
 @dataclass
 class TrainJob:
     """Everything a (possibly spawned) training worker needs — picklable."""
@@ -119,7 +146,11 @@ def run_key(params: TrainParams, train_set: CaptionSet) -> str:
     data.update(train_set.label_step.tobytes())
     data.update(train_set.label_grid.tobytes())
     settings = params.to_dict()
-    key = {"cfg": {k: settings[k] for k in RESUME_KEYS}, "data": data.hexdigest()}
+    cfg = {k: settings[k] for k in RESUME_KEYS}
+    if params.architecture != "sat":
+        # Show-Attend-Tell keys stay as they were before the Transformer existed.
+        cfg.update(architecture=params.architecture, transformer=settings["transformer"])
+    key = {"cfg": cfg, "data": data.hexdigest()}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -163,6 +194,7 @@ def prepare_job(
     if (encoded_captions["split"] == "val").any():
         val_set = build_caption_set(encoded_captions, pseudo_labels, "val", rows, grid)
         val_set = val_set.subset_images(params.val_max_images)
+    check_transformer_length(params, train_set, val_set)
     used = [train_set.image_rows, val_set.image_rows if val_set else []]
     needed = np.unique(np.concatenate(used).astype(np.int64))
     # Remap to the images actually used, so the cache holds nothing else.

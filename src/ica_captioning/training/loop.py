@@ -130,6 +130,8 @@ def train_epoch(
     )
     sums = {"loss": 0.0, "ce": 0.0, "dsr": 0.0, "ica": 0.0, "n": 0}
     n_caps = n_imgs = 0
+    warm = 1.0
+    first_step = (epoch - 1) * len(batches)  # every epoch has the same number of batches
     start = time.perf_counter()
     bar = tqdm(
         loader,
@@ -143,7 +145,7 @@ def train_epoch(
         targets = batch["targets"].to(device, non_blocking=True)  # [B, T]
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             pixels = batch["pixels"].to(device, non_blocking=True)  # [U, 3, S, S] or [U, L, D]
-            logits, alphas = ddp(  # [B, T, V], [B, T, L]
+            logits, alphas = ddp(  # [B, T, V], [B, T, L] (Transformer: [B, T, H', L])
                 images=None if job.cached else pixels,
                 inputs=inputs,
                 features=model.normalize(pixels) if job.cached else None,
@@ -154,7 +156,7 @@ def train_epoch(
             ica_targets = batch["ica_targets"].to(device, non_blocking=True)  # [B, T, L]
             ica_valid = batch["ica_valid"].to(device, non_blocking=True)  # [B, T]
         terms = loss_terms(logits, alphas, targets, ica_targets, ica_valid, compute_ica,
-                           params.ica_mapping)  # fmt: skip
+                           params.ica_mapping, params.head_reduction)  # fmt: skip
         norms, bad = global_normalisers(terms, worker)
         loss, parts = combine(terms, params.alpha_c, lam, norms)
         if bad or not torch.isfinite(loss):
@@ -170,7 +172,14 @@ def train_epoch(
         if params.grad_clip:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(trainable, params.grad_clip)
+        warm = warmup_factor(params.warmup_steps, first_step + step)
+        scheduled = [group["lr"] for group in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group["lr"] *= warm
         scaler.step(optimizer)
+        # The per-epoch schedule keeps its own rates: the warm-up only scales this step's.
+        for group, lr in zip(optimizer.param_groups, scheduled):
+            group["lr"] = lr
         scaler.update()
         loss_value = loss.item()
         sums["loss"] += loss_value
@@ -191,7 +200,7 @@ def train_epoch(
     return {
         "epoch": epoch,
         "lambda_aux": lam,
-        "lr": float(optimizer.param_groups[0]["lr"]),
+        "lr": float(optimizer.param_groups[0]["lr"]) * warm,  # the epoch's last step's rate
         "train_loss": means["loss"],
         "train_ce": means["ce"],
         "train_dsr": means["dsr"],
@@ -200,6 +209,19 @@ def train_epoch(
         "captions_per_s": n_caps * world / max(train_time, 1e-9),
         "images_per_s": n_imgs * world / max(train_time, 1e-9),
     }
+
+
+def warmup_factor(warmup_steps: int, step: int) -> float:
+    """Learning-rate factor of optimiser step ``step`` (0-based, counted over the whole run).
+
+    Linear warm-up ``(step + 1) / warmup_steps`` over the first ``warmup_steps`` steps, then 1;
+    it multiplies the rate that ``lr_schedule`` (stepped per epoch) sets. ``warmup_steps = 0``:
+    always 1. The step count follows from the epoch and the batches per epoch, so a resumed run
+    continues the same warm-up without saving anything.
+    """
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return 1.0
+    return (step + 1) / warmup_steps
 
 
 def global_normalisers(

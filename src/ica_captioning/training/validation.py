@@ -14,6 +14,7 @@ from pycocoevalcap.cider.cider import Cider
 from ica_captioning.decoding.greedy import decode_words, greedy_decode
 from ica_captioning.losses.training import loss_terms
 from ica_captioning.model.captioner import Captioner
+from ica_captioning.model.protocol import sequence_attention
 from ica_captioning.training.job import TrainJob
 
 
@@ -71,7 +72,9 @@ def validate(
             logits, alphas = model(inputs=batch["inputs"].to(device), features=feats)
         tg, valid = batch["ica_targets"].to(device), batch["ica_valid"].to(device)
         terms = loss_terms(logits, alphas, batch["targets"].to(device), tg, valid, True,
-                           params.ica_mapping)  # fmt: skip
+                           params.ica_mapping, params.head_reduction)  # fmt: skip
+        # Mass and IoU of the map evaluation reads: the head mean of a multi-head decoder's.
+        alphas = sequence_attention(alphas)  # [B, T, L]
         sums["ce"] += float(terms.ce_sum)
         sums["tok"] += terms.n_tokens
         if terms.ica_sum is not None:

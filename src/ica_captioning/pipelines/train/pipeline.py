@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from kedro.pipeline import Node, Pipeline
 
 from ica_captioning.pipelines.detection import create_pipeline as detection_pipeline
@@ -16,11 +18,16 @@ from ica_captioning.variants import VARIANTS
 # ``<variant>.training_history``.
 
 
-def create_training_pipeline() -> Pipeline:
-    """Both variants' training nodes, without upstream stages.
+def create_training_pipeline(variants: Sequence[str] = VARIANTS, tag: str = "train") -> Pipeline:
+    """The variants' training nodes, without upstream stages.
+
+    Args:
+        variants: the namespaces (the ``transformer`` pipeline passes its own).
+        tag: tag of every node (besides its variant's name).
 
     Returns:
-        Nodes ``baseline.train_model`` and ``ica.train_model``.
+        Nodes ``<variant>.train_model`` (by default ``baseline.train_model`` and
+        ``ica.train_model``).
     """
     base = Pipeline(
         [
@@ -49,9 +56,9 @@ def create_training_pipeline() -> Pipeline:
                 namespace=variant,
                 inputs=shared,
                 parameters={"params:train", "params:dataset"},
-                tags=["train", variant],
+                tags=[tag, variant],
             )
-            for variant in VARIANTS
+            for variant in variants
         ),
         Pipeline([]),
     )
