@@ -140,9 +140,11 @@ def test_grounding_rows_exist_when_no_word_names_an_object(eval_inputs):
         }
     )
     no_refs = pd.DataFrame(columns=["caption_id", "image_id", "tokens", "grid_size", "attention"])
-    report, words = ev.compute_grounding_metrics(
-        generated, no_refs, generated, no_refs, eval_inputs["pseudo_labels"], grids,
-        eval_inputs["dataset"], eval_inputs["matching"], section("evaluation"), "r",
+    report, words = ev.grounding_metrics_of(
+        eval_inputs["pseudo_labels"], grids, eval_inputs["dataset"], eval_inputs["matching"],
+        section("evaluation"), "r",
+        generated__baseline=generated, reference__baseline=no_refs,
+        generated__ica=generated, reference__ica=no_refs,
     )  # fmt: skip
     assert words.empty
     assert len(report) == 2 * 4 * 4  # variants x (captions, masks) x metrics

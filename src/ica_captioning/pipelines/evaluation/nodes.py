@@ -28,7 +28,7 @@ from ica_captioning.reports.figures import (
     training_curves_figure,
 )
 from ica_captioning.reports.tables import comparison_table
-from ica_captioning.variants import BASELINE, ICA, LABELS
+from ica_captioning.variants import LABELS
 
 logger = logging.getLogger(__name__)
 
@@ -179,26 +179,6 @@ def prepare_objects(
     )
 
 
-def compute_caption_metrics(
-    baseline_generated: pd.DataFrame,
-    ica_generated: pd.DataFrame,
-    evaluation_references: pd.DataFrame,
-    object_truth: pd.DataFrame,
-    dataset: Mapping[str, Any],
-    matching: Mapping[str, Any],
-    evaluation: Mapping[str, Any],
-    run_id: str,
-) -> pd.DataFrame:
-    """``caption_metrics``: caption metrics and CHAIR of both models (long format).
-
-    See :func:`ica_captioning.reports.evaluation.caption_report`.
-    """
-    return caption_metrics_of(
-        evaluation_references, object_truth, dataset, matching, evaluation, run_id,
-        **{f"generated{SEP}{BASELINE}": baseline_generated, f"generated{SEP}{ICA}": ica_generated},
-    )  # fmt: skip
-
-
 def caption_metrics_of(
     evaluation_references: pd.DataFrame,
     object_truth: pd.DataFrame,
@@ -223,33 +203,6 @@ def caption_metrics_of(
         run_id=run_id,
         meteor=params.metrics.meteor,
         spice=params.metrics.spice,
-    )
-
-
-def compute_grounding_metrics(
-    baseline_generated: pd.DataFrame,
-    baseline_reference_attention: pd.DataFrame,
-    ica_generated: pd.DataFrame,
-    ica_reference_attention: pd.DataFrame,
-    pseudo_labels: pd.DataFrame,
-    grids: pd.DataFrame,
-    dataset: Mapping[str, Any],
-    matching: Mapping[str, Any],
-    evaluation: Mapping[str, Any],
-    run_id: str,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(grounding_metrics, grounding_words)`` of both models.
-
-    See :func:`ica_captioning.reports.evaluation.grounding_report`.
-    """
-    tables = {
-        f"generated{SEP}{BASELINE}": baseline_generated,
-        f"reference{SEP}{BASELINE}": baseline_reference_attention,
-        f"generated{SEP}{ICA}": ica_generated,
-        f"reference{SEP}{ICA}": ica_reference_attention,
-    }
-    return grounding_metrics_of(
-        pseudo_labels, grids, dataset, matching, evaluation, run_id, **tables
     )
 
 
@@ -290,24 +243,6 @@ def build_comparison(
     return comparison_table(caption_metrics, grounding_metrics)
 
 
-def plot_attention(
-    baseline_generated: pd.DataFrame,
-    ica_generated: pd.DataFrame,
-    evaluation_images: pd.DataFrame,
-    dataset: Mapping[str, Any],
-    evaluation: Mapping[str, Any],
-) -> dict[str, Figure]:
-    """``{"image_<id>.png": figure}``: per-word attention of both models on sampled images.
-
-    See :func:`ica_captioning.reports.figures.attention_figures`.
-    """
-    tables = {
-        f"generated{SEP}{BASELINE}": baseline_generated,
-        f"generated{SEP}{ICA}": ica_generated,
-    }
-    return plot_attention_of(evaluation_images, dataset, evaluation, **tables)
-
-
 def plot_attention_of(
     evaluation_images: pd.DataFrame,
     dataset: Mapping[str, Any],
@@ -327,13 +262,6 @@ def plot_attention_of(
         max_words=figures.max_words,
         seed=figures.seed,
         overlay_alpha=figures.overlay_alpha,
-    )
-
-
-def plot_training_curves(baseline_history: pd.DataFrame, ica_history: pd.DataFrame) -> Figure:
-    """Training curves of both models (every numeric history column)."""
-    return plot_training_curves_of(
-        **{f"history{SEP}{BASELINE}": baseline_history, f"history{SEP}{ICA}": ica_history}
     )
 
 
