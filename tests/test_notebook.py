@@ -96,9 +96,12 @@ def project_with_reports(tmp_path):
     return tmp_path
 
 
-@pytest.mark.slow
-def test_notebook_executes_top_to_bottom(project_with_reports, monkeypatch):
-    monkeypatch.setenv("ICA_PROJECT_PATH", str(project_with_reports))
+def execute_notebook(project: Path, monkeypatch) -> list:
+    """Run the notebook top to bottom against ``project``'s catalog; its code-cell outputs.
+
+    Fails on any error output.
+    """
+    monkeypatch.setenv("ICA_PROJECT_PATH", str(project))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
     monkeypatch.setenv("DO_NOT_TRACK", "1")
@@ -112,6 +115,12 @@ def test_notebook_executes_top_to_bottom(project_with_reports, monkeypatch):
     client.execute(env=dict(os.environ))
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
+    return outputs
+
+
+@pytest.mark.slow
+def test_notebook_executes_top_to_bottom(project_with_reports, monkeypatch):
+    outputs = execute_notebook(project_with_reports, monkeypatch)
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
     assert "+ICA Loss" in html and "Show-Attend-Tell" in html  # Table 1 rendered
     assert "jars missing" in html  # the SPICE reason is shown

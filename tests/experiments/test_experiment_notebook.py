@@ -5,15 +5,11 @@
 
 from __future__ import annotations
 
-import os
-
-import nbformat
 import numpy as np
 import pandas as pd
 import pytest
-from nbclient import NotebookClient
 from project_conf import conf_params
-from test_notebook import NOTEBOOK, PROJECT, project_with_reports  # noqa: F401 (fixture)
+from test_notebook import execute_notebook, project_with_reports  # noqa: F401 (fixture)
 
 from ica_captioning.experiments import report
 from ica_captioning.params.experiments import ExperimentsParams
@@ -46,20 +42,7 @@ def test_notebook_shows_the_experiment_summary(project_with_reports, monkeypatch
         catalog.save("experiment_summary", report.summarise_results(results, exp))
         catalog.save("experiment_figure", report.experiment_figure(results, exp))
 
-    monkeypatch.setenv("ICA_PROJECT_PATH", str(project_with_reports))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
-    monkeypatch.setenv("DO_NOT_TRACK", "1")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(
-        nb,
-        timeout=120,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(PROJECT / "notebooks")}},
-    )
-    client.execute(env=dict(os.environ))
-    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
+    outputs = execute_notebook(project_with_reports, monkeypatch)
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
     assert "ica_degraded_25" in html and "ica_lambda_0.01" in html
     assert "attention_correctness [reference/pseudo_labels]" in html
