@@ -30,13 +30,11 @@ def section(name: str, env: str = "base", /, **overrides: Any) -> dict[str, Any]
 def encoder_kwargs(**overrides: Any) -> dict[str, Any]:
     """Keyword arguments of ``Encoder`` from conf/base's ``train.encoder`` with overrides.
 
-    ``weights: pretrained`` (made by a pipeline run) becomes ``none``: the same architecture,
-    randomly initialised.
+    As in :func:`model_params`, ``weights: pretrained`` (made by a pipeline run) becomes
+    ``none``: the same architecture, randomly initialised.
     """
-    enc = section("train")["encoder"]
+    enc = model_params().encoder.to_dict()
     enc.pop("standardize")  # a captioner setting, not the encoder's
-    if enc["weights"] == "pretrained":
-        enc["weights"] = "none"
     return {**enc, **overrides}
 
 
