@@ -38,7 +38,7 @@ GENERATED_COLUMNS = [
 REFERENCE_COLUMNS = ["caption_id", "image_id", "tokens", "grid_size", "attention"]
 
 
-def _pad_ids(ids: Sequence[Sequence[int]]) -> torch.Tensor:
+def pad_ids(ids: Sequence[Sequence[int]]) -> torch.Tensor:
     """List of id lists -> ``[N, S]`` long padded with ``<pad>``."""
     width = max((len(x) for x in ids), default=0)
     out = torch.full((len(ids), max(width, 2)), PAD_ID, dtype=torch.long)
@@ -143,7 +143,7 @@ def decode_split(
                 np.concatenate([np.full(len(g), j) for j, g in groups]), device=device
             )
             chunk_refs = pd.concat([g for _, g in groups], ignore_index=True)
-            ids = _pad_ids(chunk_refs["ids"].tolist()).to(device)  # [N, S]
+            ids = pad_ids(chunk_refs["ids"].tolist()).to(device)  # [N, S]
             maps = teacher_forced_alphas(
                 model.decoder, features.index_select(0, row_index), ids
             )  # [N, S-1, L]

@@ -105,6 +105,7 @@ class ExperimentsParams(Params):
 
     seeds: list[int] = Field(min_length=1)
     eval_split: Literal["train", "val", "test"]
+    head_selection_split: Literal["train", "val", "test"] | None = "val"
     variants: dict[str, VariantParams]
     train_overrides: dict[str, Any]
     evaluation_overrides: dict[str, Any]

@@ -38,7 +38,7 @@ def prepare_evaluation_set(
     matching: Mapping[str, Any],
     evaluation: Mapping[str, Any],
     experiments: Mapping[str, Any],
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+) -> tuple[pd.DataFrame, ...]:
     """Check the whole grid's settings, then select the evaluated split and its objects once.
 
     Every run's train settings and the evaluation settings are resolved here, so a bad
@@ -46,7 +46,9 @@ def prepare_evaluation_set(
 
     Returns:
         ``(experiment_evaluation_images, experiment_evaluation_references,
-        experiment_object_grids, experiment_object_truth)``.
+        experiment_object_grids, experiment_object_truth, experiment_head_images,
+        experiment_head_references)``; the last two are the images and references of
+        ``experiments.head_selection_split`` (empty tables when it is null).
     """
     exp = _experiments(experiments)
     specs = grid.plan_grid(exp, train)
@@ -66,8 +68,17 @@ def prepare_evaluation_set(
         DatasetParams.parse(dataset, "dataset"),
         MatchingParams.parse(matching, "matching"),
         params,
+        exp.head_selection_split,
     )
-    return chosen.images, chosen.references, chosen.object_grids, chosen.object_truth
+    empty = pd.DataFrame()
+    return (
+        chosen.images,
+        chosen.references,
+        chosen.object_grids,
+        chosen.object_truth,
+        empty if chosen.head_images is None else chosen.head_images,
+        empty if chosen.head_references is None else chosen.head_references,
+    )
 
 
 def run_variant(
@@ -80,6 +91,8 @@ def run_variant(
     evaluation_references: pd.DataFrame,
     object_grids: pd.DataFrame,
     object_truth: pd.DataFrame,
+    head_images: pd.DataFrame,
+    head_references: pd.DataFrame,
     train: Mapping[str, Any],
     dataset: Mapping[str, Any],
     matching: Mapping[str, Any],
@@ -112,6 +125,8 @@ def run_variant(
         lexicon=Lexicon.from_package(match.extra_lexicon),
         dataset_name=data_params.name,
         images_dir=data_params.images_dir,
+        head_images=None if head_images.empty else head_images,
+        head_references=None if head_references.empty else head_references,
     )
     data = grid.TrainingData(
         images=images,

@@ -55,6 +55,8 @@ EVALUATION_SET = [
     "experiment_evaluation_references",
     "experiment_object_grids",
     "experiment_object_truth",
+    "experiment_head_images",
+    "experiment_head_references",
 ]
 PARAMETERS = [
     "params:train",
