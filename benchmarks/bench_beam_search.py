@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from tutorial_reference import TutorialDecoder, tutorial_beam_search
 
 from ica_captioning.decoding import beam_search_features
 from ica_captioning.tokens import END_ID, PAD_ID, START_ID, UNK_ID
@@ -350,22 +351,22 @@ def paper_features(n: int, cells: int, dim: int, seed: int) -> torch.Tensor:
     return (raw - mean) / std
 
 
-def calibrate_end_bias(decoder, out, features, *, beam, max_len, target, lo, hi, iters, tol, kw):
-    """Bisection on ``delta`` added to ``out.bias[END_ID]`` until the batched search's
-    mean caption length on ``features`` is within ``tol`` of ``target`` (mean length falls as
-    ``delta`` grows). Leaves the best ``delta`` found applied; returns it and the trace.
+def calibrate_end_bias(out, mean_len, *, target, lo, hi, iters, tol):
+    """Bisection on ``delta`` added to ``out.bias[END_ID]`` until ``mean_len()`` (the mean
+    caption length of a search on the calibration images) is within ``tol`` of ``target`` (mean
+    length falls as ``delta`` grows). Leaves the best ``delta`` found applied; returns it and
+    the trace.
     """
     base = float(out.bias.detach()[END_ID])
 
-    def mean_len(delta: float) -> float:
+    def length_at(delta: float) -> float:
         with torch.no_grad():
             out.bias[END_ID] = base + delta
-        res = beam_search_features(decoder, features, beam_size=beam, max_len=max_len, **kw)
-        return float(res.lengths.float().mean())
+        return mean_len()
 
     trace = []
     for delta in (lo, hi):
-        trace.append((delta, mean_len(delta)))
+        trace.append((delta, length_at(delta)))
     if not trace[0][1] >= target >= trace[1][1]:
         raise SystemExit(f"--end-bias-range {lo} {hi} does not bracket length {target}: {trace}")
     best = min(trace, key=lambda dm: abs(dm[1] - target))
@@ -373,7 +374,7 @@ def calibrate_end_bias(decoder, out, features, *, beam, max_len, target, lo, hi,
         if abs(best[1] - target) <= tol:
             break
         mid = 0.5 * (lo + hi)
-        m = mean_len(mid)
+        m = length_at(mid)
         trace.append((mid, m))
         if abs(m - target) < abs(best[1] - target):
             best = (mid, m)
@@ -429,21 +430,50 @@ def paper_mode(args) -> None:
     )
     torch.set_num_threads(args.threads[0])
     t0 = time.perf_counter()
-    delta, trace = calibrate_end_bias(
-        decoder,
-        net.out,
-        calib,
-        beam=beam,
-        max_len=max_len,
+    bisection = dict(
         target=args.target_len,
         lo=args.end_bias_range[0],
         hi=args.end_bias_range[1],
         iters=args.calib_iters,
         tol=args.calib_tol,
-        kw=kw,
     )
+
+    def batched_len() -> float:
+        res = beam_search_features(decoder, calib, beam_size=beam, max_len=max_len, **kw)
+        return float(res.lengths.float().mean())
+
+    delta, trace = calibrate_end_bias(net.out, batched_len, **bisection)
     print(
         f"<end> bias calibration on {args.calib_images} other images (batched search, "
+        f"{time.perf_counter() - t0:.0f} s): delta {delta:+.3f} -> mean length "
+        + ", ".join(f"{d:+.2f}:{m:.1f}" for d, m in trace)
+    )
+    # The tutorial's own model and per-image search (tutorial_reference.py): another model, so
+    # its <end> bias is calibrated to the same mean length with its own search.
+    torch.manual_seed(args.seed)
+    tutorial = TutorialDecoder(
+        vocab_size=args.vocab,
+        feature_dim=dims["feature_dim"],
+        embed_dim=dims["embed_dim"],
+        hidden_dim=dims["hidden_dim"],
+        attention_dim=dims["attention_dim"],
+    ).eval()
+    tutorial = tutorial.to(args.device)
+    with torch.no_grad():
+        tutorial.fc.weight.mul_(args.sharpness)
+
+    def tutorial_search(i: int, images: torch.Tensor = features) -> list[int]:
+        return tutorial_beam_search(
+            tutorial, images[i : i + 1], beam, max_len, BANNED, args.end_rise
+        )
+
+    def tutorial_len() -> float:
+        return statistics.fmean(len(tutorial_search(i, calib)) for i in range(len(calib)))
+
+    t0 = time.perf_counter()
+    delta, trace = calibrate_end_bias(tutorial.fc, tutorial_len, **bisection)
+    print(
+        f"tutorial model: <end> bias calibration (its per-image search, "
         f"{time.perf_counter() - t0:.0f} s): delta {delta:+.3f} -> mean length "
         + ", ".join(f"{d:+.2f}:{m:.1f}" for d, m in trace)
     )
@@ -455,6 +485,7 @@ def paper_mode(args) -> None:
         "per-image": "per-image, same algorithm",
         "per-image-copies": "  same, K feature copies",
         "shrinking": "per-image, shrinking beam",
+        "tutorial": "tutorial model, per-image",
     }
     per_image = {
         "per-image": lambda dec, i: per_image_beam_search(dec, features[i : i + 1], beam, max_len),
@@ -462,6 +493,8 @@ def paper_mode(args) -> None:
             dec, features[i : i + 1], beam, max_len, share=False
         ),
         "shrinking": lambda dec, i: shrinking_beam_search(dec, features[i : i + 1], beam, max_len),
+        # Its own model (the decoder argument is not used): captions differ from the others'.
+        "tutorial": lambda dec, i: tutorial_search(i),
     }
 
     def batched(dec):
@@ -484,8 +517,11 @@ def paper_mode(args) -> None:
         steps = f"{cd.steps:4d} steps"
         if len(per) > 1:
             steps += f" ({statistics.fmean(per):.1f} per image, {min(per)}-{max(per)})"
+        work = f"{steps}, {cd.rows:5d} rows ({cd.rows / n:5.1f} per image)"
+        if name == "tutorial":
+            work = "its own model and loop (not counted)"
         print(
-            f"  {labels[name]:26s}: {steps}, {cd.rows:5d} rows ({cd.rows / n:5.1f} per image); "
+            f"  {labels[name]:26s}: {work}; "
             f"length mean {statistics.fmean(lens):.1f}, sd {statistics.pstdev(lens):.1f}, "
             f"min {min(lens)}, max {max(lens)}, {sum(x == max_len for x in lens)} at the cap"
         )
@@ -513,16 +549,18 @@ def paper_mode(args) -> None:
         print(f"{n} images, {torch.get_num_threads()} CPU thread(s), best of {args.repeats}:")
         for name, t in best.items():
             agree = sum(a == b for a, b in zip(out[name], out["batched"]))
+            agree = "n/a (another model)" if name == "tutorial" else f"{agree}/{n}"
             print(
                 f"  {labels[name]:26s}: {t:7.3f} s ({n / t:6.1f} images/s), "
                 f"{best['batched'] / t if name != 'batched' else 1:4.2f}x batched's throughput, "
-                f"captions = batched {agree}/{n}; all {[round(x, 3) for x in times[name]]}"
+                f"captions = batched {agree}; all {[round(x, 3) for x in times[name]]}"
             )
         print(
             f"  throughput ratio batched / per-image: {best['per-image'] / best['batched']:.2f}x "
             f"(K copies: {best['per-image-copies'] / best['batched']:.2f}x), "
-            f"batched / shrinking: {best['shrinking'] / best['batched']:.2f}x; batched captions "
-            f"unchanged from the counting run: {out['batched'] == ref}"
+            f"batched / shrinking: {best['shrinking'] / best['batched']:.2f}x, "
+            f"batched / tutorial model: {best['tutorial'] / best['batched']:.2f}x; batched "
+            f"captions unchanged from the counting run: {out['batched'] == ref}"
         )
     if 1 in best_by_threads:
         for threads, best in best_by_threads.items():

@@ -12,6 +12,14 @@ entirely (as the trainer does), so the ratio is the full price of ICA.
 
 Goal: ICA adds ≤ 5 % to the step time. Timings on a shared machine are noisy: the two variants
 are interleaved step by step and the median is reported.
+
+``--tutorial`` adds a third model to the interleaved timing: the most-used public PyTorch
+Show-Attend-Tell implementation's training step (``tutorial_reference.py``: attention projection
+of the features recomputed every step, captions sorted and the batch shrunk per step, CE + DSR,
+value clipping, Adam) on the same batches, and prints ours (λ = 0, and λ = 0.1) against it.
+``--paper-dims`` sets the paper's sizes (batch 32, D = E = H = A = 512, V = 5000, 14×14 grid).
+
+    python benchmarks/bench_train_step.py --paper-dims --tutorial --threads 1 2
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import statistics
 import time
 
 import torch
+from tutorial_reference import TutorialDecoder, tutorial_train_step
 
 from ica_captioning.losses.training import combine, loss_terms
 from ica_captioning.model.decoder import AttentionDecoder
@@ -50,6 +59,8 @@ def make_batch(args: argparse.Namespace, gen: torch.Generator) -> dict[str, torc
         "targets": ids[:, 1:],
         "ica_targets": masks.reshape(b, t, cells),
         "ica_valid": valid,
+        "ids": ids,
+        "lengths": lengths,
     }
 
 
@@ -67,74 +78,114 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
+    p.add_argument("--tutorial", action="store_true", help="also time the tutorial's step")
+    p.add_argument("--threads", type=int, nargs="+", default=[None], help="torch thread counts")
+    p.add_argument(
+        "--paper-dims",
+        action="store_true",
+        help="batch 32, D=E=H=A=512, V=5000, grid 14 (overrides those options)",
+    )
     args = p.parse_args()
+    if args.paper_dims:
+        args.batch_size, args.grid_size, args.vocab_size = 32, 14, 5000
+        args.feature_dim = args.embed_dim = args.hidden_dim = args.attention_dim = 512
     device = torch.device(args.device)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     batches = [
         {k: v.to(device) for k, v in make_batch(args, gen).items()} for _ in range(args.steps)
     ]
+    variants: list[object] = [0.0, 0.1] + (["tutorial"] if args.tutorial else [])
     models, opts = {}, {}
-    for lam in (0.0, 0.1):
+    for lam in variants:
         torch.manual_seed(0)
-        models[lam] = AttentionDecoder(
-            vocab_size=args.vocab_size,
-            feature_dim=args.feature_dim,
-            embed_dim=args.embed_dim,
-            hidden_dim=args.hidden_dim,
-            attention_dim=args.attention_dim,
-            dropout=0.3,
-            attention_init_scale=load_parameters()["train"]["decoder"]["attention_init_scale"],
-        ).to(device)
+        if lam == "tutorial":
+            models[lam] = TutorialDecoder(
+                vocab_size=args.vocab_size,
+                feature_dim=args.feature_dim,
+                embed_dim=args.embed_dim,
+                hidden_dim=args.hidden_dim,
+                attention_dim=args.attention_dim,
+            ).to(device)
+        else:
+            models[lam] = AttentionDecoder(
+                vocab_size=args.vocab_size,
+                feature_dim=args.feature_dim,
+                embed_dim=args.embed_dim,
+                hidden_dim=args.hidden_dim,
+                attention_dim=args.attention_dim,
+                dropout=0.3,
+                attention_init_scale=load_parameters()["train"]["decoder"]["attention_init_scale"],
+            ).to(device)
         opts[lam] = torch.optim.Adam(models[lam].parameters(), lr=1e-3)
 
-    def step(lam: float, batch: dict[str, torch.Tensor]) -> float:
+    def step(lam, batch: dict[str, torch.Tensor]) -> float:
         model, opt = models[lam], opts[lam]
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
-            logits, alphas = model(batch["features"], batch["inputs"])
-        terms = loss_terms(
-            logits,
-            alphas,
-            batch["targets"],
-            batch["ica_targets"],
-            batch["ica_valid"],
-            lam != 0.0,
-            "log",
-        )
-        loss, _ = combine(terms, 1.0, lam)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
+        if lam == "tutorial":
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+                tutorial_train_step(model, opt, batch["features"], batch["ids"], batch["lengths"])
+        else:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+                logits, alphas = model(batch["features"], batch["inputs"])
+            terms = loss_terms(
+                logits,
+                alphas,
+                batch["targets"],
+                batch["ica_targets"],
+                batch["ica_valid"],
+                lam != 0.0,
+                "log",
+            )
+            loss, _ = combine(terms, 1.0, lam)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    for i in range(args.warmup):
-        for lam in (0.0, 0.1):
-            step(lam, batches[i % len(batches)])
-    times: dict[float, list[float]] = {0.0: [], 0.1: []}
-    for i, batch in enumerate(batches):
-        order = (0.0, 0.1) if i % 2 == 0 else (0.1, 0.0)  # alternate to cancel drift
-        for lam in order:
-            times[lam].append(step(lam, batch))
-    med = {lam: statistics.median(t) for lam, t in times.items()}
-    pairs = sum(int(b["ica_valid"].sum()) for b in batches) / len(batches)
-    print(
-        f"device={device} threads={torch.get_num_threads()} batch={args.batch_size} "
-        f"grid={args.grid_size}x{args.grid_size} D={args.feature_dim} "
-        f"H={args.hidden_dim} A={args.attention_dim} amp={args.amp} "
-        f"labelled pairs/batch={pairs:.0f} steps={args.steps}"
-    )
-    for lam in (0.0, 0.1):
+    medians = {}
+    for threads in args.threads:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        for i in range(args.warmup):
+            for lam in variants:
+                step(lam, batches[i % len(batches)])
+        times: dict[object, list[float]] = {lam: [] for lam in variants}
+        for i, batch in enumerate(batches):
+            order = variants if i % 2 == 0 else variants[::-1]  # alternate to cancel drift
+            for lam in order:
+                times[lam].append(step(lam, batch))
+        med = {lam: statistics.median(t) for lam, t in times.items()}
+        medians[torch.get_num_threads()] = med
+        pairs = sum(int(b["ica_valid"].sum()) for b in batches) / len(batches)
         print(
-            f"lambda_aux={lam:<4} median step {med[lam] * 1e3:8.2f} ms   "
-            f"{args.batch_size / med[lam]:8.1f} captions/s"
+            f"device={device} threads={torch.get_num_threads()} batch={args.batch_size} "
+            f"grid={args.grid_size}x{args.grid_size} D={args.feature_dim} E={args.embed_dim} "
+            f"H={args.hidden_dim} A={args.attention_dim} V={args.vocab_size} amp={args.amp} "
+            f"labelled pairs/batch={pairs:.0f} steps={args.steps}"
         )
-    print(f"ICA overhead: step time ratio (λ=0.1 / λ=0) = {med[0.1] / med[0.0]:.3f}")
+        for lam in variants:
+            name = "tutorial's step" if lam == "tutorial" else f"lambda_aux={lam:<4}"
+            print(
+                f"{name:16s} median step {med[lam] * 1e3:8.2f} ms   "
+                f"{args.batch_size / med[lam]:8.1f} captions/s"
+            )
+        print(f"ICA overhead: step time ratio (λ=0.1 / λ=0) = {med[0.1] / med[0.0]:.3f}")
+        if args.tutorial:
+            print(
+                f"ours vs the tutorial's step: {med['tutorial'] / med[0.0]:.2f}x faster (λ=0), "
+                f"{med['tutorial'] / med[0.1]:.2f}x faster (λ=0.1)"
+            )
+    if 1 in medians:
+        for threads, med in medians.items():
+            if threads != 1:
+                scaling = ", ".join(f"{lam} {medians[1][lam] / t:.2f}" for lam, t in med.items())
+                print(f"thread scaling time(1 thread)/time({threads} threads): {scaling}")
 
 
 if __name__ == "__main__":
