@@ -125,6 +125,13 @@ def report(args: argparse.Namespace) -> None:
     if not files:
         raise SystemExit(f"no results under {args.out}")
     results = pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
+    # Paired statistics need every variant on the baseline's seeds: leave incomplete ones out.
+    seeds_of = results.groupby("variant")["seed"].agg(lambda s: frozenset(s.tolist()))
+    full = seeds_of.get("baseline", frozenset())
+    partial = sorted(v for v, s in seeds_of.items() if s != full)
+    if partial:
+        print(f"left out (not on the baseline's seeds {sorted(full)} yet): {partial}")
+        results = results[~results["variant"].isin(partial)]
     study = yaml.safe_load(STUDY.read_text())
     order = [v for v in study["variants"] if v in set(results["variant"])]
     base = {
@@ -149,18 +156,57 @@ def report(args: argparse.Namespace) -> None:
             if v in rows.index:
                 r = rows.loc[v]
                 print(f"  {v:30s} {r['mean']:7.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
+    # Paired by seed against each architecture's own baseline.
+    pairs = {v: "baseline" for v in order if v == "ica"} | {
+        v: "transformer_baseline"
+        for v in order
+        if v.startswith("transformer_") and v != "transformer_baseline"
+    }
+    if "transformer_baseline" not in order:
+        pairs = {v: b for v, b in pairs.items() if b != "transformer_baseline"}
+    if pairs:
+        table = results.pivot_table(index=["metric", "seed"], columns="variant", values="value")
+        print("\npaired by seed vs its architecture's baseline: mean delta (seeds better)")
+        for metric in SHOWN[:5]:
+            if metric not in table.index.get_level_values(0):
+                continue
+            rows = table.loc[metric]
+            lower = metric.startswith("CHAIR")
+            cells = []
+            for v, b in pairs.items():
+                d = rows[v] - rows[b]
+                wins = int(((d < 0) if lower else (d > 0)).sum())
+                cells.append(f"{v} {d.mean():+.3f} ({wins}/{len(d)})")
+            print(f"  {metric}: " + ", ".join(cells))
+
     heads = results[results["metric"].str.startswith(f"{AC} @")]
     if not heads.empty:
-        print(f"\n{AC} per selection (mean over seeds; columns: variants)")
-        table = heads.pivot_table(index="metric", columns="variant", values="value", aggfunc="mean")
-        table.index = [m.split("@")[1] for m in table.index]
-        cols = [v for v in order if v in table.columns]
-        with pd.option_context("display.width", 200, "display.max_columns", 20):
-            print(table[cols].round(3).to_string())
-        best = results[results["metric"] == "best_head_index"]
-        if not best.empty:
+        # Head indices are not comparable across seeds (each seed initialises its own heads),
+        # so every run gets its own line: each layer's heads sorted by AC, then the means.
+        print(f"\n{AC} of every head, per run (each layer's heads sorted high to low)")
+        for (variant, seed), run in heads.groupby(["variant", "seed"], sort=False):
+            values = dict(zip(run["metric"].str.split("@").str[1], run["value"]))
+            layers = sorted({k.split(".")[0] for k in values if k.startswith("L")})
+            parts = []
+            for layer in layers:
+                singles = sorted(
+                    (v for k, v in values.items() if k.startswith(f"{layer}.H")), reverse=True
+                )
+                parts.append(
+                    f"{layer}: "
+                    + " ".join(f"{v:.2f}" for v in singles)
+                    + f" | mean {values[f'{layer}.mean']:.3f}"
+                )
+            best = values.get("best_head", float("nan"))
+            print(
+                f"  {variant:28s} seed {seed}: "
+                + "; ".join(parts)
+                + f"; all.mean {values['all.mean']:.3f}; best head (val) {best:.3f}"
+            )
+        index = results[results["metric"] == "best_head_index"]
+        if not index.empty:
             print("\nbest head (chosen on val) per variant and seed, index layer*H + head:")
-            print(best.pivot_table(index="variant", columns="seed", values="value").to_string())
+            print(index.pivot_table(index="variant", columns="seed", values="value").to_string())
     print(f"\nwritten: {args.out}/results.parquet, summary.parquet")
 
 
