@@ -7,15 +7,14 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from experiment_data import N_TEST, experiment_sections, make_experiment_dataset
+from experiment_data import N_TEST, experiment_sections, grid_inputs, make_experiment_dataset
 from kedro_datasets.matplotlib import MatplotlibDataset
 
 from ica_captioning.experiments import grid, report
 from ica_captioning.experiments.masks import MASK_KINDS
 from ica_captioning.experiments.stats import RESULT_COLUMNS, SUMMARY_COLUMNS
 from ica_captioning.matching.grid import unpack_grid
-from ica_captioning.params import DatasetParams, MatchingParams
-from ica_captioning.params.experiments import ExperimentsParams, MaskKind
+from ica_captioning.params.experiments import MaskKind
 
 VARIANTS = {
     "baseline": {"masks": "true", "train_overrides": {"lambda_aux": 0.0}},
@@ -29,23 +28,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("experiments")
     data = make_experiment_dataset(root / "data")
     sections = experiment_sections(root, data["images_dir"], VARIANTS, SEEDS)
-    exp = ExperimentsParams.parse(sections["experiments"], "experiments")
-    evaluation = grid.prepare_evaluation(
-        data["images"],
-        data["captions"],
-        data["encoded_captions"],
-        data["detections"],
-        DatasetParams.parse(sections["dataset"], "dataset"),
-        MatchingParams.parse(sections["matching"], "matching"),
-        grid.evaluation_params(sections["evaluation"], exp),
-    )
-    training = grid.TrainingData(
-        images=data["images"],
-        encoded_captions=data["encoded_captions"],
-        pseudo_labels=data["pseudo_labels"],
-        vocabulary=data["vocabulary"],
-        images_dir=data["images_dir"],
-    )
+    exp, evaluation, training = grid_inputs(data, sections)
     return {"root": root, "data": data, "sections": sections, "exp": exp,
             "evaluation": evaluation, "training": training}  # fmt: skip
 

@@ -8,7 +8,7 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from experiment_data import experiment_sections, make_experiment_dataset
+from experiment_data import experiment_sections, grid_inputs, make_experiment_dataset
 
 from ica_captioning.experiments import grid
 from ica_captioning.experiments.tracking import (
@@ -19,8 +19,7 @@ from ica_captioning.experiments.tracking import (
     make_tracker,
     metric_key,
 )
-from ica_captioning.params import DatasetParams, MatchingParams
-from ica_captioning.params.experiments import ExperimentsParams, TrackingParams
+from ica_captioning.params.experiments import TrackingParams
 
 VARIANTS = {
     "baseline": {"masks": "true", "train_overrides": {"lambda_aux": 0.0}},
@@ -75,20 +74,7 @@ def test_runs_are_logged_to_a_local_mlflow_store(tmp_path):
     data = make_experiment_dataset(tmp_path / "data")
     sections = experiment_sections(tmp_path, data["images_dir"], VARIANTS, [0, 1],
                                    tracking=_tracking(tmp_path).model_dump())  # fmt: skip
-    exp = ExperimentsParams.parse(sections["experiments"], "experiments")
-    evaluation = grid.prepare_evaluation(
-        data["images"], data["captions"], data["encoded_captions"], data["detections"],
-        DatasetParams.parse(sections["dataset"], "dataset"),
-        MatchingParams.parse(sections["matching"], "matching"),
-        grid.evaluation_params(sections["evaluation"], exp),
-    )  # fmt: skip
-    training = grid.TrainingData(
-        images=data["images"],
-        encoded_captions=data["encoded_captions"],
-        pseudo_labels=data["pseudo_labels"],
-        vocabulary=data["vocabulary"],
-        images_dir=data["images_dir"],
-    )
+    exp, evaluation, training = grid_inputs(data, sections)
     tracker = make_tracker(exp.tracking)
     results, _ = grid.run_variant(
         "ica_degraded_50", exp, sections["train"], training, evaluation, tracker

@@ -11,7 +11,11 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-from experiment_data import experiment_sections, make_experiment_dataset  # noqa: E402
+from experiment_data import (  # noqa: E402
+    experiment_sections,
+    grid_inputs,
+    make_experiment_dataset,
+)
 
 from ica_captioning.decoding.runner import decode_split  # noqa: E402
 from ica_captioning.experiments import grid  # noqa: E402
@@ -19,8 +23,6 @@ from ica_captioning.matching.lexicon import Lexicon  # noqa: E402
 from ica_captioning.metrics.grounding import REFERENCE, grounding_words  # noqa: E402
 from ica_captioning.metrics.objects import PSEUDO_LABELS  # noqa: E402
 from ica_captioning.model import load_captioner  # noqa: E402
-from ica_captioning.params import DatasetParams, MatchingParams  # noqa: E402
-from ica_captioning.params.experiments import ExperimentsParams  # noqa: E402
 from ica_captioning.reports.heads import (  # noqa: E402
     ALL_MEAN,
     best_head,
@@ -48,24 +50,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("heads")
     data = make_experiment_dataset(root / "data")
     sections = experiment_sections(root, data["images_dir"], VARIANTS, [0])
-    exp = ExperimentsParams.parse(sections["experiments"], "experiments")
-    evaluation = grid.prepare_evaluation(
-        data["images"],
-        data["captions"],
-        data["encoded_captions"],
-        data["detections"],
-        DatasetParams.parse(sections["dataset"], "dataset"),
-        MatchingParams.parse(sections["matching"], "matching"),
-        grid.evaluation_params(sections["evaluation"], exp),
-        head_selection_split="val",
-    )
-    training = grid.TrainingData(
-        images=data["images"],
-        encoded_captions=data["encoded_captions"],
-        pseudo_labels=data["pseudo_labels"],
-        vocabulary=data["vocabulary"],
-        images_dir=data["images_dir"],
-    )
+    exp, evaluation, training = grid_inputs(data, sections, head_selection_split="val")
     (spec,) = grid.plan_grid(exp, sections["train"], ["transformer_ica"])
     outcome = grid.run_one(spec, training, evaluation)
     yield {"data": data, "evaluation": evaluation, "outcome": outcome}
