@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ica_captioning.model import cpu_attention
-from ica_captioning.tokens import PAD_ID
+from ica_captioning.tokens import END_ID, PAD_ID
 
 #: Decoder state ``(h [R, H], c [R, H], projected [N, L, A], exp_projected [N, L, A] or [N, 0, 0])``
 #: for ``R = N·K`` rows over ``N`` images (``K`` consecutive rows per image, e.g. beams; ``K = 1``
@@ -182,14 +182,59 @@ class AttentionDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced decoding.
 
+        A step whose input is ``<pad>`` or ``<end>`` predicts padding, which every loss and
+        metric masks out, so it is not computed: captions are decoded longest first and step
+        ``t`` runs only on those whose input at ``t`` is still ``<start>`` or a word (a prefix of
+        the sorted batch, sliced as views), as the Show-Attend-Tell reference implementations
+        do. The valid steps are those of a loop over every row (test:
+        ``tests/model/test_decoder_forward.py``); the skipped ones come back as zeros.
+
         Args:
             features: ``[B, L, D]`` annotation vectors.
-            inputs: ``[B, T]`` long input tokens (``ids[:, :-1]``; padding allowed — padded steps
-                produce outputs that the loss masks out, and valid steps never see them).
+            inputs: ``[B, T]`` long input tokens (``ids[:, :-1]``; after a caption's ``<end>``
+                only ``<pad>``).
 
         Returns:
-            ``(logits [B, T, V], alphas [B, T, L])``.
+            ``(logits [B, T, V], alphas [B, T, L])``, zero at the skipped steps.
         """
+        b, steps = inputs.shape
+        if b == 0 or steps == 0:
+            return self._forward_rows(features, inputs)
+        stop = (inputs == PAD_ID) | (inputs == END_ID)  # [B, T]
+        # Steps each caption needs: up to its first <pad>/<end> input (all T without one).
+        needed = torch.where(stop.any(dim=1), stop.int().argmax(dim=1), steps)  # [B]
+        if int(needed.min()) >= steps:
+            return self._forward_rows(features, inputs)
+        order = torch.argsort(needed, descending=True, stable=True)  # [B] longest first
+        counts = needed[order].tolist()
+        feats = features.index_select(0, order)  # [B, L, D]
+        tokens = inputs.index_select(0, order)  # [B, T]
+        state = self.init_state(feats)
+        logits, alphas = [], []
+        active = b
+        for t in range(steps):
+            while active > 0 and counts[active - 1] <= t:
+                active -= 1
+            if active == 0:
+                break
+            state = tuple(s[:active] for s in state)  # views: the prefix still decoding
+            step_logits, alpha, state = self.step(feats[:active], tokens[:active, t], state)
+            logits.append(nn.functional.pad(step_logits, (0, 0, 0, b - active)))  # [B, V]
+            alphas.append(nn.functional.pad(alpha, (0, 0, 0, b - active)))  # [B, L]
+        done = len(logits)
+        out_logits = torch.stack(logits, dim=1)  # [B, done, V]
+        out_alphas = torch.stack(alphas, dim=1)  # [B, done, L]
+        if done < steps:  # every caption ended before the last input position
+            out_logits = nn.functional.pad(out_logits, (0, 0, 0, steps - done))
+            out_alphas = nn.functional.pad(out_alphas, (0, 0, 0, steps - done))
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(b, device=order.device)
+        return out_logits.index_select(0, inverse), out_alphas.index_select(0, inverse)
+
+    def _forward_rows(
+        self, features: torch.Tensor, inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every step on every row: ``(logits [B, T, V], alphas [B, T, L])``."""
         state = self.init_state(features)
         logits, alphas = [], []
         for t in range(inputs.shape[1]):

@@ -1,0 +1,102 @@
+"""Show-Attend-Tell teacher forcing skips the steps that only predict padding, exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ica_captioning.losses.training import combine, loss_terms
+from ica_captioning.model.decoder import AttentionDecoder
+from ica_captioning.tokens import END_ID, PAD_ID, START_ID
+
+V, D, L = 23, 12, 9
+
+
+def _decoder(seed: int = 0, dropout: float = 0.0) -> AttentionDecoder:
+    torch.manual_seed(seed)
+    return AttentionDecoder(
+        vocab_size=V, feature_dim=D, embed_dim=8, hidden_dim=16, attention_dim=10,
+        dropout=dropout, attention_init_scale=10.0,
+    )  # fmt: skip
+
+
+def _batch(lengths: list[int], seed: int = 0):
+    """Captions of ``lengths`` words as ``[<start>, w…, <end>, <pad>…]`` and random features."""
+    gen = torch.Generator().manual_seed(seed)
+    width = max(lengths) + 2
+    ids = torch.full((len(lengths), width), PAD_ID)
+    for i, n in enumerate(lengths):
+        ids[i, 0] = START_ID
+        ids[i, 1 : n + 1] = torch.randint(4, V, (n,), generator=gen)
+        ids[i, n + 1] = END_ID
+    return torch.randn(len(lengths), L, D, generator=gen), ids
+
+
+def _every_row(decoder, features, inputs):
+    """The plain loop: every step on every row (what forward computed before)."""
+    state = decoder.init_state(features)
+    logits, alphas = [], []
+    for t in range(inputs.shape[1]):
+        step_logits, alpha, state = decoder.step(features, inputs[:, t], state)
+        logits.append(step_logits)
+        alphas.append(alpha)
+    return torch.stack(logits, 1), torch.stack(alphas, 1)
+
+
+@pytest.mark.parametrize("lengths", [[3, 7, 1, 7, 4], [5], [2, 2, 2], [0, 6, 3]])
+def test_valid_steps_equal_the_every_row_loop_and_skipped_steps_are_zero(lengths):
+    decoder = _decoder().eval()
+    features, ids = _batch(lengths)
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    with torch.no_grad():
+        logits, alphas = decoder(features, inputs)
+        ref_logits, ref_alphas = _every_row(decoder, features, inputs)
+    valid = targets != PAD_ID  # [B, T]: the steps some loss reads
+    assert logits.shape == ref_logits.shape and alphas.shape == ref_alphas.shape
+    torch.testing.assert_close(logits[valid], ref_logits[valid], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(alphas[valid], ref_alphas[valid], rtol=1e-5, atol=1e-6)
+    assert (logits[~valid] == 0).all() and (alphas[~valid] == 0).all()
+    if (~valid).any():  # the reference really computed something there
+        assert (ref_logits[~valid] != 0).any()
+
+
+def test_loss_and_gradients_equal_the_every_row_loop():
+    lengths = [6, 2, 9, 4, 4, 1]
+    features, ids = _batch(lengths, seed=3)
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    gen = torch.Generator().manual_seed(1)
+    ica_targets = torch.rand(len(lengths), inputs.shape[1], L, generator=gen) < 0.3
+    ica_valid = (targets != PAD_ID) & (targets != END_ID)
+    grads = []
+    for forward in ("skip", "every_row"):
+        decoder = _decoder(seed=5).train()
+        feats = features.clone().requires_grad_(True)
+        if forward == "skip":
+            logits, alphas = decoder(feats, inputs)
+        else:
+            logits, alphas = _every_row(decoder, feats, inputs)
+        terms = loss_terms(logits, alphas, targets, ica_targets, ica_valid, True, "log")
+        loss, _ = combine(terms, 1.0, 0.1)
+        loss.backward()
+        grads.append(
+            (
+                float(loss),
+                feats.grad.clone(),
+                {n: p.grad.clone() for n, p in decoder.named_parameters()},
+            )
+        )
+    (loss_a, feat_a, par_a), (loss_b, feat_b, par_b) = grads
+    assert loss_a == pytest.approx(loss_b, rel=1e-6)
+    torch.testing.assert_close(feat_a, feat_b, rtol=1e-5, atol=1e-7)
+    for name in par_b:
+        torch.testing.assert_close(par_a[name], par_b[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_rows_without_padding_take_the_every_row_path():
+    decoder = _decoder().eval()
+    features, ids = _batch([4, 4, 4])
+    inputs = ids[:, :-2]  # no <end> among the inputs: every row needs every step
+    with torch.no_grad():
+        got = decoder(features, inputs)
+        ref = _every_row(decoder, features, inputs)
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
