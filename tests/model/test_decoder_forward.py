@@ -80,7 +80,7 @@ def test_loss_and_gradients_equal_the_every_row_loop():
         loss.backward()
         grads.append(
             (
-                float(loss),
+                float(loss.detach()),
                 feats.grad.clone(),
                 {n: p.grad.clone() for n, p in decoder.named_parameters()},
             )

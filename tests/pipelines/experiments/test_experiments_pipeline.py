@@ -114,7 +114,7 @@ def test_configured_variants_follow_the_configuration(tmp_path):
 def test_variant_nodes_and_parameters_must_agree(tmp_path):
     sections = experiment_sections(tmp_path, str(tmp_path), VARIANTS, [0])
     with pytest.raises(ValueError, match="node for variant 'ica_boxes'.*keep the two in step"):
-        nodes.run_variant(*[None] * 9, *(sections[k] for k in
+        nodes.run_variant(*[None] * 11, *(sections[k] for k in
                           ("train", "dataset", "matching", "evaluation", "experiments")),
                           variant="ica_boxes")  # fmt: skip
     table = pd.DataFrame({"variant": ["baseline"], "seed": [0], "split": ["test"],
