@@ -43,8 +43,7 @@ from ica_captioning.experiments.masks import mask_iou, transform_labels
 from ica_captioning.experiments.stats import RESULT_COLUMNS
 from ica_captioning.experiments.tracking import NullTracker, Tracker
 from ica_captioning.matching.lexicon import Lexicon
-from ica_captioning.metrics.grounding import REFERENCE
-from ica_captioning.metrics.objects import PSEUDO_LABELS, evaluation_objects
+from ica_captioning.metrics.objects import evaluation_objects
 from ica_captioning.model import load_captioner
 from ica_captioning.params import (
     DatasetParams,
@@ -57,7 +56,7 @@ from ica_captioning.params import (
 from ica_captioning.params.experiments import ExperimentsParams, safe_name
 from ica_captioning.pretraining import with_pretrained_weights
 from ica_captioning.reports import evaluation as report
-from ica_captioning.reports.heads import best_head, head_grounding, is_multi_head
+from ica_captioning.reports.heads import head_result_rows, is_multi_head
 from ica_captioning.reports.tables import grounding_column
 from ica_captioning.training import train_captioner
 
@@ -204,7 +203,7 @@ def prepare_evaluation(
     (:func:`ica_captioning.reports.evaluation.select_split`,
     :func:`ica_captioning.metrics.objects.evaluation_objects`). With ``head_selection_split``,
     also that split's images and references (same ``max_images``), on which a Transformer's
-    best single head is chosen (:func:`head_rows`).
+    best single head is chosen (:func:`~ica_captioning.reports.heads.head_result_rows`).
     """
     lexicon = Lexicon.from_package(matching.extra_lexicon)
     eval_images, references = report.select_split(
@@ -301,7 +300,20 @@ def evaluate_model(
         batch_size=params.batch_size,
         progress=params.progress,
     )
-    heads = head_rows(model, evaluation, pseudo_labels) if is_multi_head(model) else None
+    heads = None
+    if is_multi_head(model):
+        heads = head_result_rows(
+            model,
+            evaluation.images,
+            evaluation.references,
+            pseudo_labels,
+            evaluation.images_dir,
+            split=params.split,
+            mass=params.grounding.mass,
+            batch_size=params.batch_size,
+            chooser_images=evaluation.head_images,
+            chooser_references=evaluation.head_references,
+        )
     del model
     run_id = "experiments"
     captions = report.caption_report(
@@ -338,54 +350,6 @@ def evaluate_model(
         ignore_index=True,
     )
     return rows.astype({"split": str, "metric": str, "value": "float64"})
-
-
-def head_rows(model: Any, evaluation: EvaluationSet, pseudo_labels: pd.DataFrame) -> pd.DataFrame:
-    """Per-head reference grounding of a Transformer, as result rows of the evaluated split.
-
-    Every :func:`ica_captioning.reports.heads.head_selections` entry gets the rows
-    ``<grounding column> @<selection>`` (attention correctness and the two IoUs against the
-    pseudo-labels, reference captions). With ``evaluation.head_images`` the single head with the
-    best attention correctness on that split also gets ``... @best_head`` (its value on the
-    evaluated split) and ``best_head_index`` (``layer · H + head``).
-    """
-    params = evaluation.params
-    common = {"mass": params.grounding.mass, "batch_size": params.batch_size}
-    scored = head_grounding(
-        model,
-        evaluation.images,
-        evaluation.references,
-        pseudo_labels,
-        evaluation.images_dir,
-        **common,
-    )
-    scored = scored[scored["metric"] != "attention_correctness_chance"]
-    names = [
-        f"{grounding_column(m, REFERENCE, PSEUDO_LABELS)} @{s}"
-        for m, s in zip(scored["metric"], scored["selection"])
-    ]
-    rows = pd.DataFrame({"split": params.split, "metric": names, "value": scored["value"]})
-    if evaluation.head_images is not None and evaluation.head_references is not None:
-        chooser = head_grounding(
-            model,
-            evaluation.head_images,
-            evaluation.head_references,
-            pseudo_labels,
-            evaluation.images_dir,
-            **common,
-        )
-        label, _, value = best_head(chooser, scored)
-        layer, head = (int(x[1:]) for x in label.split("."))
-        column = grounding_column("attention_correctness", REFERENCE, PSEUDO_LABELS)
-        best = pd.DataFrame(
-            {
-                "split": params.split,
-                "metric": [f"{column} @best_head", "best_head_index"],
-                "value": [value, float(layer * model.decoder.num_heads + head)],
-            }
-        )
-        rows = pd.concat([rows, best], ignore_index=True)
-    return rows
 
 
 @dataclass

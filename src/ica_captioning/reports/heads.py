@@ -26,9 +26,11 @@ import torch
 from ica_captioning.data.tables import require_columns
 from ica_captioning.decoding.runner import pad_ids
 from ica_captioning.matching.grid import unpack_grid
-from ica_captioning.metrics.grounding import WORD_METRICS, word_scores
+from ica_captioning.metrics.grounding import REFERENCE, WORD_METRICS, word_scores
+from ica_captioning.metrics.objects import PSEUDO_LABELS
 from ica_captioning.model.images import preprocess_images
 from ica_captioning.model.protocol import CaptionModel
+from ica_captioning.reports.tables import grounding_column
 
 #: Label of the mean over every layer and head.
 ALL_MEAN = "all.mean"
@@ -222,3 +224,57 @@ def best_head(
     ]
     value = float(scored["value"].iloc[0]) if len(scored) else float("nan")
     return str(top["selection"]), float(top["value"]), value
+
+
+def head_result_rows(
+    model: CaptionModel,
+    images: pd.DataFrame,
+    references: pd.DataFrame,
+    pseudo_labels: pd.DataFrame,
+    images_dir: str | os.PathLike,
+    *,
+    split: str,
+    mass: float,
+    batch_size: int,
+    chooser_images: pd.DataFrame | None = None,
+    chooser_references: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """:func:`head_grounding` as long result rows ``split, metric, value`` (the grid's).
+
+    Every :func:`head_selections` entry gets ``<grounding column> @<selection>`` for attention
+    correctness and the two IoUs (reference captions, pseudo-labels). With the chooser split's
+    images and references, the single head with the best attention correctness there also gets
+    ``attention_correctness [reference/pseudo_labels] @best_head`` (its value on ``split``) and
+    ``best_head_index`` (``layer · H + head``).
+    """
+    scored = head_grounding(
+        model, images, references, pseudo_labels, images_dir, mass=mass, batch_size=batch_size
+    )
+    scored = scored[scored["metric"] != "attention_correctness_chance"]
+    names = [
+        f"{grounding_column(m, REFERENCE, PSEUDO_LABELS)} @{s}"
+        for m, s in zip(scored["metric"], scored["selection"])
+    ]
+    rows = pd.DataFrame({"split": split, "metric": names, "value": scored["value"]})
+    if chooser_images is None or chooser_references is None:
+        return rows
+    chooser = head_grounding(
+        model,
+        chooser_images,
+        chooser_references,
+        pseudo_labels,
+        images_dir,
+        mass=mass,
+        batch_size=batch_size,
+    )
+    label, _, value = best_head(chooser, scored)
+    layer, head = (int(x[1:]) for x in label.split("."))
+    column = grounding_column("attention_correctness", REFERENCE, PSEUDO_LABELS)
+    best = pd.DataFrame(
+        {
+            "split": split,
+            "metric": [f"{column} @best_head", "best_head_index"],
+            "value": [value, float(layer * model.decoder.num_heads + head)],
+        }
+    )
+    return pd.concat([rows, best], ignore_index=True)
