@@ -127,6 +127,13 @@ def test_transformer_namespaces_and_the_gpu_transformer():
         6, 6, 512, 8, 2048,
     )  # fmt: skip
     assert tr.warmup_steps == 20000 and tr.dropout == 0.1
+    # Its namespaces train with Noam's schedule at ruotianluo's rate: lr peaks at 512^-0.5 ·
+    # 20000^-0.5 after the warm-up.
+    gpu_params = conf_params("gpu")
+    for variant in TRANSFORMER_VARIANTS:
+        run = TrainParams.resolve(gpu_params["train"], gpu_params[variant]["train_overrides"])
+        assert run.lr_schedule.type == "noam" and run.warmup_steps == 20000
+        assert run.lr == pytest.approx(512**-0.5 * 20000**-0.5)
 
 
 @pytest.mark.parametrize(

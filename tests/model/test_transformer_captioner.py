@@ -16,7 +16,7 @@ from ica_captioning.model import AttentionDecoder, build_captioner, load_caption
 from ica_captioning.model.protocol import sequence_attention
 from ica_captioning.model.transformer import TransformerDecoder, select_attention
 from ica_captioning.tokens import END_ID, PAD_ID, START_ID
-from ica_captioning.training.loop import warmup_factor
+from ica_captioning.training.loop import noam_factor, step_lr_factor, warmup_factor
 
 V, G = 11, 4
 L = G * G
@@ -170,6 +170,20 @@ def test_warmup_factor():
     assert warmup_factor(0, 0) == 1.0
 
 
+def test_noam_factor_is_vaswani_rate_over_its_peak():
+    d_model, warmup = 512, 20000
+    lr = d_model**-0.5 * warmup**-0.5
+    for step in (0, 1, 99, 19998, 19999, 20000, 123456):
+        s = step + 1
+        vaswani = d_model**-0.5 * min(s**-0.5, s * warmup**-1.5)
+        assert lr * noam_factor(warmup, step) == pytest.approx(vaswani, rel=1e-12)
+    assert noam_factor(4, 3) == 1.0 and noam_factor(4, 15) == 0.5  # peak at w, then 1/sqrt(s)
+    assert step_lr_factor("noam", 4, 15) == 0.5
+    assert step_lr_factor("step", 4, 15) == 1.0 and step_lr_factor("step", 4, 1) == 0.5
+    with pytest.raises(ValueError, match="warmup_steps > 0"):
+        noam_factor(0, 3)
+
+
 @pytest.mark.slow
 def test_tiny_training_run_of_the_transformer(data, tmp_path):
     cfg = _tiny_transformer(tmp_path)
@@ -187,3 +201,17 @@ def test_tiny_training_run_of_the_transformer(data, tmp_path):
     with pytest.raises(ValueError, match=r"train\.transformer\.max_len=4"):
         train_tiny(_tiny_transformer(tmp_path, max_len=4), data)
     assert not math.isnan(history["val_ica"].iloc[-1])
+
+
+@pytest.mark.slow
+def test_noam_schedule_sets_each_steps_rate_and_needs_a_warmup(data, tmp_path):
+    cfg = tiny_config(tmp_path, architecture="transformer", alpha_c=0.0,
+                      lr_schedule={"type": "noam"},
+                      transformer={**TRANSFORMER, "warmup_steps": 3})  # fmt: skip
+    _, history = train_tiny(cfg, data)
+    # 4 optimiser steps per epoch: the last steps are 3 and 7; no per-epoch halving.
+    assert history["lr"].tolist() == pytest.approx(
+        [0.01 * noam_factor(3, 3), 0.01 * noam_factor(3, 7)]
+    )
+    with pytest.raises(ValueError, match="noam.*warmup_steps"):
+        tiny_config(tmp_path, lr_schedule={"type": "noam"})  # Show-Attend-Tell: no warm-up

@@ -120,9 +120,9 @@ class ModelParams(Params):
 
 
 class LrScheduleParams(Params):
-    """Learning-rate schedule, stepped once per epoch."""
+    """Learning-rate schedule: ``step`` / ``cosine`` per epoch, ``noam`` per optimiser step."""
 
-    type: Literal["none", "step", "cosine"]
+    type: Literal["none", "step", "cosine", "noam"]
     step_size: PositiveInt
     gamma: float = Field(gt=0.0)
     eta_min: float = Field(ge=0.0)
@@ -191,6 +191,15 @@ class TrainParams(Params):
     amp_dtype: Literal["bfloat16", "float16"]
     progress_bar: bool
     distributed: DistributedParams
+
+    @model_validator(mode="after")
+    def _noam_needs_warmup(self) -> TrainParams:
+        if self.lr_schedule.type == "noam" and self.warmup_steps <= 0:
+            raise ValueError(
+                "lr_schedule.type noam peaks after transformer.warmup_steps optimiser steps and "
+                f"needs them > 0 (architecture {self.architecture!r} has {self.warmup_steps})"
+            )
+        return self
 
     @property
     def model(self) -> ModelParams:

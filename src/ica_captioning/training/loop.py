@@ -172,7 +172,7 @@ def train_epoch(
         if params.grad_clip:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(trainable, params.grad_clip)
-        warm = warmup_factor(params.warmup_steps, first_step + step)
+        warm = step_lr_factor(params.lr_schedule.type, params.warmup_steps, first_step + step)
         scheduled = [group["lr"] for group in optimizer.param_groups]
         for group in optimizer.param_groups:
             group["lr"] *= warm
@@ -209,6 +209,31 @@ def train_epoch(
         "captions_per_s": n_caps * world / max(train_time, 1e-9),
         "images_per_s": n_imgs * world / max(train_time, 1e-9),
     }
+
+
+def noam_factor(warmup_steps: int, step: int) -> float:
+    """Noam's schedule relative to its peak: ``min((s + 1) / w, √(w / (s + 1)))``.
+
+    Vaswani et al.'s rate ``d_model^-0.5 · min(s^-0.5, s · w^-1.5)`` (``s`` counted from 1) is
+    ``d_model^-0.5 · w^-0.5`` times this factor: linear warm-up to 1 at step ``w``, then decay as
+    ``1/√s``. With ``train.lr = d_model^-0.5 · w^-0.5`` (3.125e-4 for d_model 512, 20k warm-up
+    steps: ruotianluo/ImageCaptioning.pytorch's ``NoamOpt`` with factor 1) the rates are equal.
+    """
+    if warmup_steps <= 0:
+        raise ValueError(f"the noam schedule needs warmup_steps > 0, got {warmup_steps}")
+    s = step + 1
+    return min(s / warmup_steps, math.sqrt(warmup_steps / s))
+
+
+def step_lr_factor(schedule: str, warmup_steps: int, step: int) -> float:
+    """Factor on the learning rate at optimiser step ``step`` (0-based, over the whole run).
+
+    ``noam`` (``lr_schedule.type``): :func:`noam_factor`. Otherwise :func:`warmup_factor`, on
+    top of the per-epoch schedule.
+    """
+    if schedule == "noam":
+        return noam_factor(warmup_steps, step)
+    return warmup_factor(warmup_steps, step)
 
 
 def warmup_factor(warmup_steps: int, step: int) -> float:
@@ -329,7 +354,10 @@ def make_optimizer(
 def make_scheduler(
     optimizer: torch.optim.Optimizer, job: TrainJob
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """The learning-rate schedule of ``train.lr_schedule`` (stepped once per epoch)."""
+    """The per-epoch learning-rate schedule of ``train.lr_schedule``.
+
+    ``noam`` has none: it is a per-step factor (:func:`step_lr_factor`).
+    """
     sched = job.params.lr_schedule
     if sched.type == "step":
         return torch.optim.lr_scheduler.StepLR(
