@@ -14,8 +14,13 @@ def test_optional_dataset_reads_the_latest_version_or_none(tmp_path):
     config = {"type": "pickle.PickleDataset", "filepath": path, "versioned": True}
     optional = OptionalDataset(config)
     assert optional.exists() and optional.load() is None  # nothing saved yet
-    for value in ({"v": 1}, {"v": 2}):
-        PickleDataset(filepath=path, version=Version(None, None)).save(value)
+    # Explicit save versions: two saves within one millisecond would get the same time-stamped
+    # version (Kedro's resolution) and the second would fail (seen in CI).
+    for value, stamp in (
+        ({"v": 1}, "2026-01-01T00.00.00.001Z"),
+        ({"v": 2}, "2026-01-01T00.00.00.002Z"),
+    ):
+        PickleDataset(filepath=path, version=Version(None, stamp)).save(value)
     assert optional.load() == {"v": 2}
     with pytest.raises(DatasetError, match="read-only"):
         optional.save({"v": 3})
