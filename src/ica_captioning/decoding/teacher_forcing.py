@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ica_captioning.decoding.beam_search import StepDecoder
-from ica_captioning.model.protocol import step_attention
+from ica_captioning.model.protocol import longest_first, step_attention
 from ica_captioning.tokens import PAD_ID
 
 
@@ -48,17 +48,13 @@ def teacher_forced_alphas(
     ids = ids.to(features.device).long()
     # Steps a caption needs: one per token after <start> (its non-pad ids minus one).
     needed = ((ids != pad_id).sum(dim=1) - 1).clamp(min=0)  # [N]
-    order = torch.argsort(needed, descending=True, stable=True)  # [N] longest first
-    needed_sorted = needed[order].tolist()
+    order, active_rows = longest_first(needed, steps)
     feats = features.index_select(0, order)  # [N, L, D]
     ids_sorted = ids.index_select(0, order)  # [N, S]
     state = tuple(decoder.init_state(feats))
     out_sorted = torch.zeros_like(out)
-    active = n
-    for t in range(steps):
+    for t, active in enumerate(active_rows):
         # Captions needing more than t steps form a prefix of the sorted batch.
-        while active > 0 and needed_sorted[active - 1] <= t:
-            active -= 1
         if active == 0:
             break
         if active < state[0].shape[0]:

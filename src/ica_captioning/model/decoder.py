@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ica_captioning.model import cpu_attention
+from ica_captioning.model.protocol import longest_first
 from ica_captioning.tokens import END_ID, PAD_ID
 
 #: Decoder state ``(h [R, H], c [R, H], projected [N, L, A], exp_projected [N, L, A] or [N, 0, 0])``
@@ -205,16 +206,12 @@ class AttentionDecoder(nn.Module):
         needed = torch.where(stop.any(dim=1), stop.int().argmax(dim=1), steps)  # [B]
         if int(needed.min()) >= steps:
             return self._forward_rows(features, inputs)
-        order = torch.argsort(needed, descending=True, stable=True)  # [B] longest first
-        counts = needed[order].tolist()
+        order, active_rows = longest_first(needed, steps)
         feats = features.index_select(0, order)  # [B, L, D]
         tokens = inputs.index_select(0, order)  # [B, T]
         state = self.init_state(feats)
         logits, alphas = [], []
-        active = b
-        for t in range(steps):
-            while active > 0 and counts[active - 1] <= t:
-                active -= 1
+        for t, active in enumerate(active_rows):
             if active == 0:
                 break
             state = tuple(s[:active] for s in state)  # views: the prefix still decoding

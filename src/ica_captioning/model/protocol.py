@@ -87,3 +87,23 @@ def step_attention(attention: torch.Tensor) -> torch.Tensor:
 def sequence_attention(attention: torch.Tensor) -> torch.Tensor:
     """One map per teacher-forced word: ``[B, T, H, L]`` head-averaged → ``[B, T, L]``."""
     return attention.mean(dim=2) if attention.dim() == 4 else attention
+
+
+def longest_first(needed: torch.Tensor, steps: int) -> tuple[torch.Tensor, list[int]]:
+    """Order for decoding captions of different lengths without computing their padding.
+
+    Sorted longest first, the captions that still need step ``t`` are a prefix of the batch, so
+    a step-wise loop runs step ``t`` on the first ``active[t]`` rows (views, no copies).
+
+    Args:
+        needed: ``[B]`` long, the steps each caption needs.
+        steps: the steps of the loop.
+
+    Returns:
+        ``(order [B], active)``: the stable longest-first permutation and, per step ``t``, the
+        number of captions with ``needed > t``.
+    """
+    order = torch.argsort(needed, descending=True, stable=True)  # [B]
+    t = torch.arange(steps, device=needed.device)
+    active = (needed.unsqueeze(0) > t.unsqueeze(1)).sum(dim=1)  # [steps]
+    return order, active.tolist()

@@ -106,11 +106,11 @@ def head_maps(
     decoder = model.decoder
     device = next(model.parameters()).device
     model.eval()
-    wanted = pairs.groupby("caption_id")["token_position"].apply(list).to_dict()
-    row_of = {key: i for i, key in enumerate(zip(pairs["caption_id"], pairs["token_position"]))}
+    pair_caption = pairs["caption_id"].to_numpy()
+    pair_position = torch.tensor(pairs["token_position"].to_numpy(dtype=np.int64))
     cells = model.grid_size**2
     out = np.zeros((len(pairs), decoder.num_layers, decoder.num_heads, cells), np.float32)
-    refs = references[references["caption_id"].isin(list(wanted))]
+    refs = references[references["caption_id"].isin(set(pair_caption.tolist()))]
     by_image = {int(k): g for k, g in refs.groupby("image_id", sort=False)}
     image_ids = images["image_id"].astype("int64").tolist()
     paths = images["file_path"].astype(str).tolist()
@@ -125,10 +125,12 @@ def head_maps(
         chunk_refs = pd.concat([g for _, g in chunk], ignore_index=True)
         ids = pad_ids(chunk_refs["ids"].tolist()).to(device)  # [N, S]
         _, maps = decoder(features.index_select(0, rows.to(device)), ids[:, :-1])
-        maps = maps.float().cpu().numpy()  # [N, Λ, H, T, L]
-        for n, cid in enumerate(chunk_refs["caption_id"]):
-            for pos in wanted[cid]:
-                out[row_of[(cid, pos)]] = maps[n, :, :, pos]
+        # The chunk's pairs: their caption's row n in the chunk and their position.
+        row_in_chunk = pd.Series(np.arange(len(chunk_refs)), index=chunk_refs["caption_id"])
+        mine = np.flatnonzero(np.isin(pair_caption, chunk_refs["caption_id"].to_numpy()))
+        n = torch.as_tensor(row_in_chunk.loc[pair_caption[mine]].to_numpy(), device=maps.device)
+        picked = maps[n, :, :, pair_position[mine].to(maps.device)]  # [P', Λ, H, L]
+        out[mine] = picked.float().cpu().numpy()
     return out
 
 
