@@ -128,7 +128,7 @@ def head_maps(
         # The chunk's pairs: their caption's row n in the chunk and their position.
         row_in_chunk = pd.Series(np.arange(len(chunk_refs)), index=chunk_refs["caption_id"])
         mine = np.flatnonzero(np.isin(pair_caption, chunk_refs["caption_id"].to_numpy()))
-        n = torch.as_tensor(row_in_chunk.loc[pair_caption[mine]].to_numpy(), device=maps.device)
+        n = torch.tensor(row_in_chunk.loc[pair_caption[mine]].to_numpy(), device=maps.device)
         picked = maps[n, :, :, pair_position[mine].to(maps.device)]  # [P', Λ, H, L]
         out[mine] = picked.float().cpu().numpy()
     return out
