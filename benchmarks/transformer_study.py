@@ -31,7 +31,6 @@ import yaml
 
 from ica_captioning.experiments import grid
 from ica_captioning.experiments.report import summarise_results
-from ica_captioning.params import DatasetParams, MatchingParams
 from ica_captioning.params.base import deep_merge
 from ica_captioning.params.experiments import ExperimentsParams
 
@@ -89,24 +88,7 @@ def run(args: argparse.Namespace) -> None:
     tables, params = load_inputs(args.env)
     exp = study_params(params["experiments"], args)
     grid.plan_grid(exp, params["train"])  # every override checked before the first training
-    evaluation = grid.prepare_evaluation(
-        tables["images"],
-        tables["captions"],
-        tables["encoded_captions"],
-        tables["detections"],
-        DatasetParams.parse(params["dataset"], "dataset"),
-        MatchingParams.parse(params["matching"], "matching"),
-        grid.evaluation_params(params["evaluation"], exp),
-        exp.head_selection_split,
-    )
-    data = grid.TrainingData(
-        images=tables["images"],
-        encoded_captions=tables["encoded_captions"],
-        pseudo_labels=tables["pseudo_labels"],
-        vocabulary=tables["vocabulary"],
-        images_dir=DatasetParams.parse(params["dataset"], "dataset").images_dir,
-        pretrained_encoder=tables["pretrained_encoder"],
-    )
+    evaluation, data = grid.grid_inputs(tables, params, exp)
     args.out.mkdir(parents=True, exist_ok=True)
     for spec in grid.plan_grid(exp, params["train"]):
         path = args.out / f"{spec.variant}-seed{spec.seed}.parquet"

@@ -117,25 +117,10 @@ def experiment_sections(
 def grid_inputs(data: dict, sections: dict, head_selection_split: str | None = None):
     """``(ExperimentsParams, EvaluationSet, TrainingData)`` of the tiny set-up (as the nodes)."""
     from ica_captioning.experiments import grid
-    from ica_captioning.params import DatasetParams, MatchingParams
     from ica_captioning.params.experiments import ExperimentsParams
 
-    exp = ExperimentsParams.parse(sections["experiments"], "experiments")
-    evaluation = grid.prepare_evaluation(
-        data["images"],
-        data["captions"],
-        data["encoded_captions"],
-        data["detections"],
-        DatasetParams.parse(sections["dataset"], "dataset"),
-        MatchingParams.parse(sections["matching"], "matching"),
-        grid.evaluation_params(sections["evaluation"], exp),
-        head_selection_split,
+    exp = ExperimentsParams.parse(
+        {**sections["experiments"], "head_selection_split": head_selection_split}, "experiments"
     )
-    training = grid.TrainingData(
-        images=data["images"],
-        encoded_captions=data["encoded_captions"],
-        pseudo_labels=data["pseudo_labels"],
-        vocabulary=data["vocabulary"],
-        images_dir=data["images_dir"],
-    )
+    evaluation, training = grid.grid_inputs(data, sections, exp)
     return exp, evaluation, training

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from project_conf import conf_params, section
 
+from ica_captioning.experiments import evaluation as run_evaluation
 from ica_captioning.experiments import grid
 from ica_captioning.metrics.grounding import WORD_METRICS
 from ica_captioning.params import ParameterError
@@ -77,7 +78,7 @@ def test_every_run_of_the_conf_grid_resolves():
     assert len({p.encoder for p in by.values()}) == 1
     assert by[("ica", 0)].encoder.init_seed == params["train"]["encoder"]["init_seed"]
     assert by[("ica_lambda_0.01", 1)].checkpoint_dir.endswith("ica_lambda_0_01/seed1")
-    evaluation = grid.evaluation_params(params["evaluation"], exp)
+    evaluation = run_evaluation.evaluation_params(params["evaluation"], exp)
     assert evaluation.split == exp.eval_split
     assert evaluation.metrics.meteor is False
 
@@ -154,7 +155,7 @@ def test_bad_overrides_stop_before_training_with_the_variant_named():
         _raw(evaluation_overrides={"metrics": {"meteorr": True}}), "experiments"
     )
     with pytest.raises(ParameterError, match=r"evaluation\.metrics\.meteorr: unknown key"):
-        grid.evaluation_params(params["evaluation"], exp)
+        run_evaluation.evaluation_params(params["evaluation"], exp)
     with pytest.raises(ParameterError, match="no variant 'nope'"):
         grid.resolve_run(exp, params["train"], "nope", 0)
 

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ica_captioning.experiments import evaluation as run_evaluation
 from ica_captioning.experiments import grid
 from ica_captioning.experiments import report as experiment_report
 from ica_captioning.experiments.tracking import make_tracker
@@ -52,7 +53,7 @@ def prepare_evaluation_set(
     """
     exp = _experiments(experiments)
     specs = grid.plan_grid(exp, train)
-    params = grid.evaluation_params(evaluation, exp)
+    params = run_evaluation.evaluation_params(evaluation, exp)
     logger.info(
         "experiments: %d variants × %d seeds = %d runs, evaluated on %s",
         len(exp.variants),
@@ -60,7 +61,7 @@ def prepare_evaluation_set(
         len(specs),
         params.split,
     )
-    chosen = grid.prepare_evaluation(
+    chosen = run_evaluation.prepare_evaluation(
         images,
         captions,
         encoded_captions,
@@ -116,12 +117,12 @@ def run_variant(
         )
     data_params = DatasetParams.parse(dataset, "dataset")
     match = MatchingParams.parse(matching, "matching")
-    evaluation_set = grid.EvaluationSet(
+    evaluation_set = run_evaluation.EvaluationSet(
         images=evaluation_images,
         references=evaluation_references,
         object_grids=object_grids,
         object_truth=object_truth,
-        params=grid.evaluation_params(evaluation, exp),
+        params=run_evaluation.evaluation_params(evaluation, exp),
         lexicon=Lexicon.from_package(match.extra_lexicon),
         dataset_name=data_params.name,
         images_dir=data_params.images_dir,
