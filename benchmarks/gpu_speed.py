@@ -1,0 +1,262 @@
+"""Speed of the ``gpu`` environment's training step: profile, torch.compile, CUDA graphs,
+channels_last and batch size, in one run (images/s before and after each change).
+
+The step is the trainer's (``loss_terms`` / ``combine``, backward, clipping, Adam) on the
+``gpu`` environment's model: ResNet-101 (weights none, BatchNorm calibrated on its own images as
+in ``gpu_check.py``) to layer3 at 224 px, upper block fine-tuned, 512-d Show-Attend-Tell
+decoder, bf16 autocast, λ_aux = 0.1, V = 5000, captions of 3–14 words. Variants:
+
+* ``eager`` — the trainer as it is;
+* ``channels_last`` — trunk weights and images in channels-last memory format;
+* ``compile`` — ``torch.compile(decoder.step, dynamic=True)``: the per-word decoder step fused
+  (LSTM cell, attention, gates) instead of dozens of small kernels per word;
+* ``cudagraphs`` — the same with ``mode="reduce-overhead"`` (CUDA graphs: one launch per step
+  and shape instead of one per kernel);
+* ``cached`` — the decoder alone on precomputed features (what a frozen encoder with the feature
+  cache costs), to split the step between trunk and decoder.
+
+Then a batch-size sweep of ``eager`` and the fastest other variant, and a ``torch.profiler``
+summary of one eager step: kernel launches per step, GPU busy time / wall time, top kernels.
+
+    python benchmarks/gpu_speed.py                 # CUDA (a few minutes on an H100)
+    python benchmarks/gpu_speed.py --device cpu    # dry run: tiny sizes, same code path
+
+A variant that fails (e.g. no compiler for ``torch.compile``) is reported with its error and
+the run goes on; ``--budget`` seconds stops starting new variants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import traceback
+
+import torch
+from gpu_check import calibrate_batchnorm, train_params
+
+from ica_captioning.losses.training import combine, loss_terms
+from ica_captioning.model import build_captioner
+
+VARIANTS = ("eager", "channels_last", "compile", "cudagraphs", "cached")
+
+
+def make_batches(args: argparse.Namespace, batch: int, n: int) -> list[dict[str, torch.Tensor]]:
+    """``n`` batches of random images ``[B, 3, S, S]`` and captions ``[B, T+1]`` with masks."""
+    gen = torch.Generator().manual_seed(batch)
+    g, v, s = 14, args.vocab, args.image_size
+    out = []
+    for _ in range(n):
+        lengths = torch.randint(5, 17, (batch,), generator=gen)  # ids incl. <start>/<end>
+        t = int(lengths.max()) - 1
+        ids = torch.randint(4, v, (batch, t + 1), generator=gen)
+        ids[:, 0] = 1
+        pos = torch.arange(t + 1)
+        ids[pos[None] == (lengths[:, None] - 1)] = 2
+        ids[pos[None] >= lengths[:, None]] = 0
+        valid = torch.rand(batch, t, generator=gen) < 1.7 / (lengths[:, None] - 2)
+        valid &= pos[None, :t] < (lengths[:, None] - 2)
+        y0 = torch.randint(0, g - 3, (batch, t, 1, 1), generator=gen)
+        x0 = torch.randint(0, g - 3, (batch, t, 1, 1), generator=gen)
+        yy, xx = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
+        masks = (yy >= y0) & (yy < y0 + 4) & (xx >= x0) & (xx < x0 + 5)
+        out.append(
+            {
+                "images": torch.randn(batch, 3, s, s, generator=gen),
+                "ids": ids,
+                "ica_targets": masks.reshape(batch, t, g * g),
+                "ica_valid": valid,
+            }
+        )
+    return out
+
+
+class Bench:
+    """One model + optimiser in one variant; ``step`` runs and times one training step."""
+
+    def __init__(self, args, device, variant: str, calib: torch.Tensor) -> None:
+        self.args, self.device, self.variant = args, device, variant
+        self.cfg = args.cfg
+        torch.manual_seed(0)
+        m = build_captioner(self.cfg, args.vocab).to(device).train()
+        calibrate_batchnorm(m.encoder, calib)
+        with torch.no_grad():
+            m.fit_feature_stats(m.encoder(calib[:16]).float())
+        if variant == "channels_last":
+            m.encoder.to(memory_format=torch.channels_last)
+        if variant in ("compile", "cudagraphs"):
+            mode = "reduce-overhead" if variant == "cudagraphs" else "default"
+            m.decoder.step = torch.compile(m.decoder.step, dynamic=True, mode=mode)
+        self.model = m
+        params = m.decoder.parameters() if variant == "cached" else m.parameters()
+        self.opt = torch.optim.Adam([p for p in params if p.requires_grad], lr=1e-4)
+        self.features: dict[int, torch.Tensor] = {}
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
+        """One training step: ``(seconds, loss)``."""
+        m, dev = self.model, self.device
+        amp = self.args.amp_dtype
+        images = batch["images"]
+        if self.variant == "channels_last":
+            images = images.contiguous(memory_format=torch.channels_last)
+        if self.variant == "cached" and id(batch) not in self.features:
+            with torch.no_grad(), torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                self.features[id(batch)] = m.encode(images)  # [B, L, D], standardised
+        self.sync()
+        t0 = time.perf_counter()
+        if self.variant == "cudagraphs":  # a new training iteration for CUDA graph trees
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+            inputs = batch["ids"][:, :-1]
+            if self.variant == "cached":
+                logits, alphas = m(features=self.features[id(batch)], inputs=inputs)
+            else:
+                logits, alphas = m(images=images, inputs=inputs)
+        terms = loss_terms(
+            logits, alphas, batch["ids"][:, 1:], batch["ica_targets"], batch["ica_valid"],
+            True, self.cfg.ica_mapping,
+        )  # fmt: skip
+        loss, _ = combine(terms, 1.0, 0.1)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 5.0)
+        self.opt.step()
+        self.sync()
+        return time.perf_counter() - t0, float(loss.detach())
+
+
+def to_device(batches, device):
+    return [{k: v.to(device, non_blocking=True) for k, v in b.items()} for b in batches]
+
+
+def measure(args, device, variant: str, batch: int) -> dict:
+    """Warm-up then timed steps of ``variant`` at ``batch``: ms/step, images/s, first loss."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    batches = to_device(make_batches(args, batch, args.distinct_batches), device)
+    t0 = time.perf_counter()
+    bench = Bench(args, device, variant, batches[0]["images"])
+    losses = [bench.step(batches[i % len(batches)])[1] for i in range(args.warmup)]
+    warm = time.perf_counter() - t0
+    times = [bench.step(batches[i % len(batches)])[0] for i in range(args.steps)]
+    med = statistics.median(times)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    return {"ms": med * 1e3, "ips": batch / med, "warm": warm, "loss": losses[0], "peak": peak}
+
+
+def profile_step(args, device) -> None:
+    """Kernel launches per step, GPU busy fraction and the top ops of the eager step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    batches = to_device(make_batches(args, args.batch_size, args.distinct_batches), device)
+    bench = Bench(args, device, "eager", batches[0]["images"])
+    for i in range(2):
+        bench.step(batches[i % len(batches)])
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    n = args.profile_steps
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        for i in range(n):
+            bench.step(batches[i % len(batches)])
+        wall = (time.perf_counter() - t0) / n
+    events = prof.key_averages()
+    launches = sum(e.count for e in events if "LaunchKernel" in e.key) / n
+    print(f"profile of {n} eager steps, batch {args.batch_size}: {wall * 1e3:.1f} ms/step wall")
+    if cuda:
+        busy = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / n / 1e3  # ms
+        print(
+            f"  kernel launches per step: {launches:.0f}; GPU kernel time {busy:.1f} ms/step = "
+            f"{100 * busy / (wall * 1e3):.0f} % of the wall time (the rest: launch-bound gaps)"
+        )
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    print(events.table(sort_by=sort, row_limit=args.profile_rows))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--backbone", default="resnet101")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--batch-size", type=int, default=None, help="default 32 (cuda) / 2 (cpu)")
+    p.add_argument("--sweep", type=int, nargs="*", default=None, help="default 64 128 256")
+    p.add_argument("--image-size", type=int, default=None, help="default 224 (cuda) / 32 (cpu)")
+    p.add_argument("--dim", type=int, default=512, help="decoder sizes")
+    p.add_argument("--vocab", type=int, default=5000)
+    p.add_argument("--steps", type=int, default=None, help="timed steps (median)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps (compile, graphs)")
+    p.add_argument("--distinct-batches", type=int, default=3, help="batches cycled")
+    p.add_argument("--profile-steps", type=int, default=3)
+    p.add_argument("--profile-rows", type=int, default=12)
+    p.add_argument("--budget", type=float, default=240.0, help="seconds; no new variant after")
+    args = p.parse_args()
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("CUDA is not available: run on a GPU machine or pass --device cpu")
+    args.batch_size = args.batch_size or (32 if cuda else 2)
+    args.sweep = args.sweep if args.sweep is not None else ([64, 128, 256] if cuda else [4])
+    args.image_size = args.image_size or (224 if cuda else 32)
+    args.steps = args.steps or (8 if cuda else 2)
+    args.warmup = args.warmup or (6 if cuda else 2)
+    if not cuda:
+        args.dim, args.vocab, args.backbone = min(args.dim, 64), min(args.vocab, 100), "resnet18"
+    args.cfg = train_params(args)  # conf/base's train settings with the gpu model
+    device = torch.device(args.device)
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    args.amp_dtype = torch.bfloat16 if bf16 else (torch.float16 if cuda else None)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
+    print(
+        f"step: {args.backbone} (weights none, calibrated BatchNorm) to layer3, "
+        f"{args.image_size} px, decoder {args.dim}, V={args.vocab}, autocast {args.amp_dtype}, "
+        f"lambda_aux 0.1; {args.warmup} warm-up + {args.steps} timed steps (median)"
+    )
+    start = time.perf_counter()
+    results: dict[tuple[str, int], dict] = {}
+
+    def run(variant: str, batch: int) -> None:
+        if time.perf_counter() - start > args.budget:
+            print(f"  {variant:14s} batch {batch:4d}: skipped (--budget {args.budget:.0f} s)")
+            return
+        try:
+            r = measure(args, device, variant, batch)
+        except Exception as err:  # a variant that cannot run is a result, not a crash
+            print(f"  {variant:14s} batch {batch:4d}: FAILED {type(err).__name__}: {err}")
+            traceback.print_exc(limit=2)
+            return
+        results[variant, batch] = r
+        base = results.get(("eager", batch))
+        ratio = f", {r['ips'] / base['ips']:.2f}x eager" if base and variant != "eager" else ""
+        print(
+            f"  {variant:14s} batch {batch:4d}: {r['ms']:8.1f} ms/step {r['ips']:8.1f} images/s"
+            f"{ratio}; warm-up {r['warm']:.1f} s, first loss {r['loss']:.2f}, "
+            f"peak {r['peak']:.2f} GiB",
+            flush=True,
+        )
+
+    print(f"variants at batch {args.batch_size}:")
+    for variant in args.variants:
+        run(variant, args.batch_size)
+    # The fastest change of the full step (``cached`` leaves the trunk out: not comparable).
+    others = [
+        (r["ips"], v)
+        for (v, b), r in results.items()
+        if b == args.batch_size and v not in ("eager", "cached")
+    ]
+    sweep = ["eager"] + ([max(others)[1]] if others else [])
+    print(f"batch sweep ({', '.join(sweep)}):")
+    for batch in args.sweep:
+        for variant in sweep:
+            run(variant, batch)
+    profile_step(args, device)
+    print(f"total {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
