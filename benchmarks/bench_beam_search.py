@@ -47,6 +47,7 @@ import torch
 from tutorial_reference import TutorialDecoder, tutorial_beam_search
 
 from ica_captioning.decoding import beam_search_features
+from ica_captioning.model.cpu_attention import use_kernel
 from ica_captioning.tokens import END_ID, PAD_ID, START_ID, UNK_ID
 
 BANNED = (PAD_ID, START_ID, UNK_ID)
@@ -482,6 +483,7 @@ def paper_mode(args) -> None:
     n = args.images
     labels = {
         "batched": "batched beam search",
+        **({"compiled": "  same, compiled attention"} if args.compiled_attention else {}),
         "per-image": "per-image, same algorithm",
         "per-image-copies": "  same, K feature copies",
         "shrinking": "per-image, shrinking beam",
@@ -500,6 +502,10 @@ def paper_mode(args) -> None:
     def batched(dec):
         return beam_search_features(dec, features, beam_size=beam, max_len=max_len, **kw)
 
+    def batched_compiled(dec):  # the fast path's torch.compile kernel (evaluation.cpu_attention)
+        with use_kernel("compiled"):
+            return batched(dec)
+
     # Work done by each search (untimed): decoder steps and decoded rows, caption lengths.
     print("work per search (decoder steps, decoded rows) and caption lengths (words):")
     counted = {}
@@ -509,6 +515,14 @@ def paper_mode(args) -> None:
             res = batched(cd)
             caps = res.token_lists()
             per_token = float((res.scores / (res.lengths + 1).float()).mean())
+        elif name == "compiled":
+            res_c = batched_compiled(cd)
+            caps = res_c.token_lists()
+            print(
+                f"  compiled attention vs tiled: max |score difference| "
+                f"{float((res_c.scores - res.scores).abs().max()):.1e}, max |attention "
+                f"difference| {float((res_c.alphas - res.alphas).abs().max()):.1e}"
+            )
         else:
             caps = [per_image[name](cd, i) for i in range(n)]
         counted[name] = caps
@@ -541,6 +555,9 @@ def paper_mode(args) -> None:
             for i in range(2):
                 fn(decoder, i)
         paths = {"batched": lambda: batched(decoder).token_lists()}
+        if args.compiled_attention:
+            batched_compiled(decoder)  # compiles (first use) outside the timings
+            paths["compiled"] = lambda: batched_compiled(decoder).token_lists()
         for name, fn in per_image.items():
             paths[name] = lambda fn=fn: [fn(decoder, i) for i in range(n)]
         times, out = time_alternating(paths, args.repeats)
@@ -562,6 +579,13 @@ def paper_mode(args) -> None:
             f"batched / tutorial model: {best['tutorial'] / best['batched']:.2f}x; batched "
             f"captions unchanged from the counting run: {out['batched'] == ref}"
         )
+        if args.compiled_attention:
+            print(
+                f"  compiled attention: {best['batched'] / best['compiled']:.2f}x the tiled "
+                f"batched search; batched (compiled) / tutorial model: "
+                f"{best['tutorial'] / best['compiled']:.2f}x, / per-image: "
+                f"{best['per-image'] / best['compiled']:.2f}x"
+            )
     if 1 in best_by_threads:
         for threads, best in best_by_threads.items():
             if threads != 1:
@@ -623,6 +647,11 @@ def main() -> None:
         type=float,
         default=0.0,
         help="added to the <end> logit per decoder step (0: the <end> bias alone)",
+    )
+    paper.add_argument(
+        "--compiled-attention",
+        action="store_true",
+        help="also time the batched search with the compiled CPU attention kernel",
     )
     paper.add_argument("--profile", action="store_true", help="torch.profiler of one search")
     paper.add_argument("--profile-rows", type=int, default=15)

@@ -66,7 +66,7 @@ def test_decode_split_runs_a_multi_head_non_sat_model(tmp_path):
         }
     )
     settings = dict(beam_size=2, max_len=5, length_penalty=0.0, allow_unk=False, batch_size=2,
-                    progress=False)  # fmt: skip
+                    progress=False, cpu_attention="tiled")  # fmt: skip
     single, multi = ToyCaptioner(heads=False), ToyCaptioner(heads=True)
     gen1, ref1 = decode_split(single, images, refs, tmp_path, **settings)
     gen2, ref2 = decode_split(multi, images, refs, tmp_path, **settings)

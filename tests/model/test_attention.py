@@ -139,3 +139,70 @@ def test_step_rejects_mismatched_rows(dec):
         h, c, p, e = state
         with pytest.raises(ValueError, match="N·K rows"):
             dec.step(features, torch.ones(6, dtype=torch.long), (h, c, p, e))  # h has 3 rows
+
+
+def _compiled_or_skip():
+    if cpu_attention.compiled_scores() is None:
+        pytest.skip("torch.compile cannot build the CPU kernel here (no C++ compiler?)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("n", "k"), [(4, 3), (1, 1), (5, 2)])
+def test_compiled_kernel_equals_the_tanh_formula(dec, n, k):
+    _compiled_or_skip()
+    features, h = rows_for(n, k)
+    with torch.inference_mode(), cpu_attention.use_kernel("compiled"):
+        state = dec.init_state(features)
+        _, alpha = dec.attend(features, state[2], state[3], h)
+    assert alpha.shape == (n * k, L)
+    torch.testing.assert_close(
+        alpha.double(), reference_alpha(dec, features, h, k), atol=2e-6, rtol=0
+    )
+
+
+@pytest.mark.slow
+def test_compiled_kernel_beam_search_keeps_the_captions(dec):
+    from ica_captioning.decoding import beam_search_features
+
+    _compiled_or_skip()
+    with torch.no_grad():
+        dec.out.weight.mul_(4.0)  # peaked word distributions: captions of different lengths
+    features, _ = rows_for(6, 1)
+    kw = dict(beam_size=3, max_len=6, start_id=1, end_id=2, pad_id=0, banned_ids=(0, 1, 3))
+    tiled = beam_search_features(dec, features, **kw)
+    with cpu_attention.use_kernel("compiled"):
+        compiled = beam_search_features(dec, features, **kw)
+    assert compiled.token_lists() == tiled.token_lists()
+    torch.testing.assert_close(compiled.scores, tiled.scores, atol=1e-5, rtol=0)
+    torch.testing.assert_close(compiled.alphas, tiled.alphas, atol=1e-6, rtol=0)
+
+
+def test_unknown_kernel_is_refused():
+    with pytest.raises(ValueError, match="unknown CPU attention kernel 'fused'.*tiled"):
+        with cpu_attention.use_kernel("fused"):
+            pass
+
+
+def test_kernel_that_cannot_be_built_falls_back_to_tiled(dec, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        def fn(*a):
+            raise RuntimeError("Compiler: cc not found")
+
+        return fn
+
+    cpu_attention.compiled_scores.cache_clear()
+    monkeypatch.setattr(torch, "compile", broken)
+    features, h = rows_for(3, 2)
+    try:
+        with torch.inference_mode(), cpu_attention.use_kernel("compiled"):
+            state = dec.init_state(features)
+            _, alpha = dec.attend(features, state[2], state[3], h)
+            assert cpu_attention.compiled_scores() is None
+    finally:
+        cpu_attention.compiled_scores.cache_clear()  # the real kernel for later tests
+    assert "compiled kernel is not available here (RuntimeError: Compiler: cc not found)" in (
+        caplog.text
+    )
+    torch.testing.assert_close(
+        alpha.double(), reference_alpha(dec, features, h, 2), atol=2e-6, rtol=0
+    )

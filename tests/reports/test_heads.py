@@ -63,6 +63,7 @@ def _reference_ac(model, evaluation, pseudo_labels, layers, heads) -> float:
     generated, references = decode_split(
         model, evaluation.images, evaluation.references, evaluation.images_dir,
         beam_size=1, max_len=3, length_penalty=0.0, allow_unk=True, batch_size=2, progress=False,
+        cpu_attention="tiled",
     )  # fmt: skip
     combos = grounding_words(
         generated, references, pseudo_labels, evaluation.object_grids, Lexicon.from_package(), 0.5

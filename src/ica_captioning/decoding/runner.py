@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ica_captioning.data.tables import require_columns
 from ica_captioning.decoding.beam_search import beam_search_features
 from ica_captioning.decoding.teacher_forcing import teacher_forced_alphas
+from ica_captioning.model.cpu_attention import use_kernel
 from ica_captioning.model.images import preprocess_images
 from ica_captioning.model.protocol import CaptionModel
 from ica_captioning.tokens import END_ID, PAD_ID, START_ID, UNK_ID
@@ -60,6 +61,7 @@ def decode_split(
     allow_unk: bool,
     batch_size: int,
     progress: bool,
+    cpu_attention: str,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Generate captions for ``images`` and teacher-force their ``references``.
 
@@ -80,6 +82,8 @@ def decode_split(
         allow_unk: let the model generate ``<unk>``.
         batch_size: images per chunk.
         progress: tqdm bar.
+        cpu_attention: kernel of the Show-Attend-Tell decoder's CPU attention, ``"tiled"`` or
+            ``"compiled"`` (:mod:`ica_captioning.model.cpu_attention`; same scores to round-off).
 
     Returns:
         ``(generated, reference_attention)``: ``generated`` has :data:`GENERATED_COLUMNS` (one row
@@ -104,69 +108,72 @@ def decode_split(
     image_ids = images["image_id"].astype("int64").to_numpy()
     paths = images["file_path"].astype(str).tolist()
     bar = tqdm(total=len(paths), unit="img", desc="decoding", disable=not progress)
-    for lo in range(0, len(paths), batch_size):
-        chunk_ids = image_ids[lo : lo + batch_size]
-        pixels = preprocess_images(paths[lo : lo + batch_size], model.image_size, root=images_dir)
-        features = model.encode(pixels.to(device))  # [b, L, D]
-        grid = model.grid_size
-        out = beam_search_features(
-            model.decoder,
-            features,
-            beam_size=beam_size,
-            max_len=max_len,
-            start_id=START_ID,
-            end_id=END_ID,
-            pad_id=PAD_ID,
-            banned_ids=banned,
-            length_penalty=length_penalty,
-        )
-        alphas = out.alphas.cpu().numpy().astype(np.float32)  # [b, T, L]
-        for j, (iid, ids) in enumerate(zip(chunk_ids, out.token_lists())):
-            words = [itos[t] for t in ids]
-            gen_rows.append(
-                {
-                    "image_id": int(iid),
-                    "tokens": words,
-                    "caption": " ".join(words),
-                    "length": len(words),
-                    "log_prob": float(out.scores[j]),
-                    "grid_size": grid,
-                    "attention": alphas[j, : len(words)].reshape(-1),
-                }
+    with use_kernel(cpu_attention):  # validates the name before any work
+        for lo in range(0, len(paths), batch_size):
+            chunk_ids = image_ids[lo : lo + batch_size]
+            pixels = preprocess_images(
+                paths[lo : lo + batch_size], model.image_size, root=images_dir
             )
-
-        # Teacher-forced attention of this chunk's reference captions on the same features.
-        groups = [(j, refs_by_image.get(int(iid))) for j, iid in enumerate(chunk_ids)]
-        groups = [(j, g) for j, g in groups if g is not None and len(g)]
-        if groups:
-            row_index = torch.as_tensor(
-                np.concatenate([np.full(len(g), j) for j, g in groups]), device=device
+            features = model.encode(pixels.to(device))  # [b, L, D]
+            grid = model.grid_size
+            out = beam_search_features(
+                model.decoder,
+                features,
+                beam_size=beam_size,
+                max_len=max_len,
+                start_id=START_ID,
+                end_id=END_ID,
+                pad_id=PAD_ID,
+                banned_ids=banned,
+                length_penalty=length_penalty,
             )
-            chunk_refs = pd.concat([g for _, g in groups], ignore_index=True)
-            ids = pad_ids(chunk_refs["ids"].tolist()).to(device)  # [N, S]
-            maps = teacher_forced_alphas(
-                model.decoder, features.index_select(0, row_index), ids
-            )  # [N, S-1, L]
-            maps = maps.cpu().numpy().astype(np.float32)
-            for k, (cid, iid, toks, cap_ids) in enumerate(
-                zip(
-                    chunk_refs["caption_id"],
-                    chunk_refs["image_id"],
-                    chunk_refs["tokens"],
-                    chunk_refs["ids"],
-                )
-            ):
-                n = min(len(cap_ids) - 2, len(toks))  # words actually encoded
-                ref_rows.append(
+            alphas = out.alphas.cpu().numpy().astype(np.float32)  # [b, T, L]
+            for j, (iid, ids) in enumerate(zip(chunk_ids, out.token_lists())):
+                words = [itos[t] for t in ids]
+                gen_rows.append(
                     {
-                        "caption_id": int(cid),
                         "image_id": int(iid),
-                        "tokens": list(toks)[:n],
+                        "tokens": words,
+                        "caption": " ".join(words),
+                        "length": len(words),
+                        "log_prob": float(out.scores[j]),
                         "grid_size": grid,
-                        "attention": maps[k, :n].reshape(-1),
+                        "attention": alphas[j, : len(words)].reshape(-1),
                     }
                 )
-        bar.update(len(chunk_ids))
+
+            # Teacher-forced attention of this chunk's reference captions on the same features.
+            groups = [(j, refs_by_image.get(int(iid))) for j, iid in enumerate(chunk_ids)]
+            groups = [(j, g) for j, g in groups if g is not None and len(g)]
+            if groups:
+                row_index = torch.as_tensor(
+                    np.concatenate([np.full(len(g), j) for j, g in groups]), device=device
+                )
+                chunk_refs = pd.concat([g for _, g in groups], ignore_index=True)
+                ids = pad_ids(chunk_refs["ids"].tolist()).to(device)  # [N, S]
+                maps = teacher_forced_alphas(
+                    model.decoder, features.index_select(0, row_index), ids
+                )  # [N, S-1, L]
+                maps = maps.cpu().numpy().astype(np.float32)
+                for k, (cid, iid, toks, cap_ids) in enumerate(
+                    zip(
+                        chunk_refs["caption_id"],
+                        chunk_refs["image_id"],
+                        chunk_refs["tokens"],
+                        chunk_refs["ids"],
+                    )
+                ):
+                    n = min(len(cap_ids) - 2, len(toks))  # words actually encoded
+                    ref_rows.append(
+                        {
+                            "caption_id": int(cid),
+                            "image_id": int(iid),
+                            "tokens": list(toks)[:n],
+                            "grid_size": grid,
+                            "attention": maps[k, :n].reshape(-1),
+                        }
+                    )
+            bar.update(len(chunk_ids))
     bar.close()
     generated = pd.DataFrame(gen_rows, columns=GENERATED_COLUMNS)
     reference_attention = pd.DataFrame(ref_rows, columns=REFERENCE_COLUMNS)

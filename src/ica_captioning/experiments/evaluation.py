@@ -150,6 +150,7 @@ def evaluate_model(
         allow_unk=params.allow_unk,
         batch_size=params.batch_size,
         progress=params.progress,
+        cpu_attention=params.cpu_attention,
     )
     heads = None
     if is_multi_head(model):

@@ -51,6 +51,7 @@ class EvaluationParams(Params):
     length_penalty: float = Field(ge=0.0)
     allow_unk: bool
     progress: bool
+    cpu_attention: Literal["tiled", "compiled"]
     run_id: str | None
     metrics: MetricsParams
     grounding: GroundingParams

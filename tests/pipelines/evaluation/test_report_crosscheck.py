@@ -303,6 +303,7 @@ DECODE = {
     "allow_unk": False,
     "batch_size": 4,  # chunks of 4 images: a permutation moves captions between chunks
     "progress": False,
+    "cpu_attention": "tiled",
 }
 
 

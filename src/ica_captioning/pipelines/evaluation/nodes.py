@@ -124,6 +124,7 @@ def decode(
         allow_unk=params.allow_unk,
         batch_size=params.batch_size,
         progress=params.progress,
+        cpu_attention=params.cpu_attention,
     )
     logger.info(
         "decoded %d images (beam %d) and %d references in %.1f s",
