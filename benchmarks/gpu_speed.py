@@ -4,7 +4,7 @@ channels_last and batch size, in one run (images/s before and after each change)
 The step is the trainer's (``loss_terms`` / ``combine``, backward, clipping, Adam) on the
 ``gpu`` environment's model: ResNet-101 (weights none, BatchNorm calibrated on its own images as
 in ``gpu_check.py``) to layer3 at 224 px, upper block fine-tuned, 512-d Show-Attend-Tell
-decoder, bf16 autocast, λ_aux = 0.1, V = 5000, captions of 3–14 words. Variants:
+decoder, bf16 autocast, λ_aux = 0.1, V = 5000, captions of 3–13 words. Variants:
 
 * ``eager`` — the trainer as it is;
 * ``channels_last`` — trunk weights and images in channels-last memory format;
@@ -33,6 +33,7 @@ import time
 import traceback
 
 import torch
+from bench_train_step import make_batch
 from gpu_check import calibrate_batchnorm, train_params
 
 from ica_captioning.losses.training import combine, loss_terms
@@ -42,30 +43,24 @@ VARIANTS = ("eager", "channels_last", "compile", "cudagraphs", "cached")
 
 
 def make_batches(args: argparse.Namespace, batch: int, n: int) -> list[dict[str, torch.Tensor]]:
-    """``n`` batches of random images ``[B, 3, S, S]`` and captions ``[B, T+1]`` with masks."""
+    """``n`` batches of random images ``[B, 3, S, S]`` and captions ``[B, T+1]`` with masks.
+
+    Captions and masks as in ``bench_train_step.py`` (3–13 words, ≈ 1.7 labelled words each).
+    """
     gen = torch.Generator().manual_seed(batch)
-    g, v, s = 14, args.vocab, args.image_size
+    spec = argparse.Namespace(
+        batch_size=batch, grid_size=14, feature_dim=1, vocab_size=args.vocab, labels_per_caption=1.7
+    )
+    s = args.image_size
     out = []
     for _ in range(n):
-        lengths = torch.randint(5, 17, (batch,), generator=gen)  # ids incl. <start>/<end>
-        t = int(lengths.max()) - 1
-        ids = torch.randint(4, v, (batch, t + 1), generator=gen)
-        ids[:, 0] = 1
-        pos = torch.arange(t + 1)
-        ids[pos[None] == (lengths[:, None] - 1)] = 2
-        ids[pos[None] >= lengths[:, None]] = 0
-        valid = torch.rand(batch, t, generator=gen) < 1.7 / (lengths[:, None] - 2)
-        valid &= pos[None, :t] < (lengths[:, None] - 2)
-        y0 = torch.randint(0, g - 3, (batch, t, 1, 1), generator=gen)
-        x0 = torch.randint(0, g - 3, (batch, t, 1, 1), generator=gen)
-        yy, xx = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
-        masks = (yy >= y0) & (yy < y0 + 4) & (xx >= x0) & (xx < x0 + 5)
+        b = make_batch(spec, gen)
         out.append(
             {
                 "images": torch.randn(batch, 3, s, s, generator=gen),
-                "ids": ids,
-                "ica_targets": masks.reshape(batch, t, g * g),
-                "ica_valid": valid,
+                "ids": b["ids"],
+                "ica_targets": b["ica_targets"],
+                "ica_valid": b["ica_valid"],
             }
         )
     return out
