@@ -594,6 +594,34 @@ def paper_mode(args) -> None:
                 )
                 print(f"thread scaling time(1 thread)/time({threads} threads): {scaling}")
 
+    if args.overhead:
+        # The same search (images, beam, every step to the cap) with a decoder so small that its
+        # arithmetic is negligible: what is left is the search's bookkeeping and per-op dispatch,
+        # the serial part that a second thread cannot speed up (an upper bound: no image ends).
+        torch.manual_seed(args.seed)
+        tiny = AttentionDecoder(
+            vocab_size=50, feature_dim=8, embed_dim=8, hidden_dim=8, attention_dim=8,
+            dropout=0.0, attention_init_scale=float(conf["attention_init_scale"]),
+        ).eval().to(args.device)  # fmt: skip
+        with torch.no_grad():
+            tiny.out.bias[END_ID] -= 100.0  # never ends: max_len + 1 steps for every image
+        small = torch.randn(n, 4, 8, device=args.device)
+        for threads, best in best_by_threads.items():
+            torch.set_num_threads(threads)
+            beam_search_features(tiny, small, beam_size=beam, max_len=max_len, **kw)
+            times, _ = time_alternating(
+                {"tiny": lambda: beam_search_features(
+                    tiny, small, beam_size=beam, max_len=max_len, **kw
+                ).token_lists()},
+                args.repeats,
+            )  # fmt: skip
+            t = min(times["tiny"])
+            print(
+                f"search overhead ({threads} thread(s)): the same {n}-image search with a "
+                f"V=50, 8-d decoder takes {t * 1e3:.1f} ms = {100 * t / best['batched']:.1f} % "
+                f"of the batched search"
+            )
+
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
@@ -652,6 +680,11 @@ def main() -> None:
         "--compiled-attention",
         action="store_true",
         help="also time the batched search with the compiled CPU attention kernel",
+    )
+    paper.add_argument(
+        "--overhead",
+        action="store_true",
+        help="time the search's bookkeeping alone (the same search with a tiny decoder)",
     )
     paper.add_argument("--profile", action="store_true", help="torch.profiler of one search")
     paper.add_argument("--profile-rows", type=int, default=15)
