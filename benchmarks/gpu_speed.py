@@ -172,7 +172,7 @@ def profile_step(args, device) -> None:
             f"  kernel launches per step: {launches:.0f}; GPU kernel time {busy:.1f} ms/step = "
             f"{100 * busy / (wall * 1e3):.0f} % of the wall time (the rest: launch-bound gaps)"
         )
-    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    sort = "self_device_time_total" if cuda else "self_cpu_time_total"
     print(events.table(sort_by=sort, row_limit=args.profile_rows))
 
 
