@@ -149,6 +149,7 @@ def measure(args, device, variant: str, batch: int) -> dict:
 
 def profile_step(args, device) -> None:
     """Kernel launches per step, GPU busy fraction and the top ops of the eager step."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     batches = to_device(make_batches(args, args.batch_size, args.distinct_batches), device)
@@ -167,7 +168,14 @@ def profile_step(args, device) -> None:
     launches = sum(e.count for e in events if "LaunchKernel" in e.key) / n
     print(f"profile of {n} eager steps, batch {args.batch_size}: {wall * 1e3:.1f} ms/step wall")
     if cuda:
-        busy = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / n / 1e3  # ms
+        # Kernels only: an op's row repeats the time of the kernels it launched (as the table's
+        # own "Self CUDA time total" footer counts).
+        kernels = [
+            e
+            for e in events
+            if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+        ]
+        busy = sum(e.self_device_time_total for e in kernels) / n / 1e3  # ms
         print(
             f"  kernel launches per step: {launches:.0f}; GPU kernel time {busy:.1f} ms/step = "
             f"{100 * busy / (wall * 1e3):.0f} % of the wall time (the rest: launch-bound gaps)"
