@@ -92,11 +92,25 @@ def test_loss_and_gradients_equal_the_every_row_loop():
         torch.testing.assert_close(par_a[name], par_b[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_rows_without_padding_take_the_every_row_path():
+def test_rows_without_padding_compute_every_step():
     decoder = _decoder().eval()
     features, ids = _batch([4, 4, 4])
     inputs = ids[:, :-2]  # no <end> among the inputs: every row needs every step
     with torch.no_grad():
         got = decoder(features, inputs)
         ref = _every_row(decoder, features, inputs)
-    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-5, atol=1e-6)
+    assert (got[0] != 0).all(dim=-1).all()  # no step skipped
+
+
+def test_output_layer_runs_once_over_all_steps(monkeypatch):
+    # The deep output and L_o do not feed back: teacher forcing applies them in one call.
+    decoder = _decoder().eval()
+    features, ids = _batch([3, 7, 1, 5])
+    calls = []
+    monkeypatch.setattr(decoder.out, "forward", lambda x: calls.append(x.shape) or x[..., :V] * 0)
+    with torch.no_grad():
+        decoder(features, ids[:, :-1])
+    rows = sum(n + 1 for n in [3, 7, 1, 5])  # <start> and every word predict a token
+    assert calls == [torch.Size([rows, 8])]

@@ -171,24 +171,55 @@ class AttentionDecoder(nn.Module):
                 f"annotations {tuple(projected.shape)}, {tuple(exp_projected.shape)} N rows"
             )
         emb = self.embedding(tokens)  # [R, E]
+        h, c, gated, alpha = self._recur(features, emb, state)
+        return self._emit(emb, h, gated), alpha, (h, c, projected, exp_projected)
+
+    def _recur(
+        self, features: torch.Tensor, emb: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The part of a step that the next step depends on: attention, gate, LSTM update.
+
+        Args:
+            features: ``[N, L, D]`` annotation vectors.
+            emb: ``[R, E]`` embedded input tokens.
+            state: see :data:`State`.
+
+        Returns:
+            ``(h [R, H], c [R, H], gated [R, D], alpha [R, L])``, the new ``h, c``, the gated
+            context ``ẑ_t`` and the attention.
+        """
+        h, c, projected, exp_projected = state
         context, alpha = self.attend(features, projected, exp_projected, h)  # [R, D], [R, L]
         gated = torch.sigmoid(self.gate(h)) * context  # [R, D]
         h, c = self.lstm(torch.cat([emb, gated], dim=1), (h, c))
-        deep = emb + self.out_hidden(h) + self.out_context(gated)  # [R, E]
-        logits = self.out(self.dropout(deep))  # [R, V]
-        return logits, alpha, (h, c, projected, exp_projected)
+        return h, c, gated, alpha
+
+    def _emit(self, emb: torch.Tensor, h: torch.Tensor, gated: torch.Tensor) -> torch.Tensor:
+        """Deep output ``L_o(E y_{t-1} + L_h h_t + L_z ẑ_t)`` (dropout before ``L_o``): logits.
+
+        Nothing of it feeds back into the recurrence, so teacher forcing applies it once to
+        every step's rows together (``[..., E]``, ``[..., H]``, ``[..., D]`` → ``[..., V]``).
+        """
+        deep = emb + self.out_hidden(h) + self.out_context(gated)  # [..., E]
+        return self.out(self.dropout(deep))  # [..., V]
 
     def forward(
         self, features: torch.Tensor, inputs: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced decoding.
 
-        A step whose input is ``<pad>`` or ``<end>`` predicts padding, which every loss and
-        metric masks out, so it is not computed: captions are decoded longest first and step
-        ``t`` runs only on those whose input at ``t`` is still ``<start>`` or a word (a prefix of
-        the sorted batch, sliced as views), as the Show-Attend-Tell reference implementations
-        do. The valid steps are those of a loop over every row (test:
-        ``tests/model/test_decoder_forward.py``); the skipped ones come back as zeros.
+        Two savings over running :meth:`step` on every row, both exact (test:
+        ``tests/model/test_decoder_forward.py``):
+
+        * A step whose input is ``<pad>`` or ``<end>`` predicts padding, which every loss and
+          metric masks out, so it is not computed: captions are decoded longest first and step
+          ``t`` runs only on those whose input at ``t`` is still ``<start>`` or a word (a prefix
+          of the sorted batch, sliced as views), as the Show-Attend-Tell reference
+          implementations do. The skipped steps come back as zeros.
+        * The deep output and the output layer (:meth:`_emit`) do not feed back into the
+          recurrence, so the loop runs only attention, gate and LSTM, and the output layer is
+          applied once to the rows of all steps: one large matrix product and one gradient for
+          ``L_o`` instead of one per step (and one ``[B, V]`` copy per step).
 
         Args:
             features: ``[B, L, D]`` annotation vectors.
@@ -204,29 +235,35 @@ class AttentionDecoder(nn.Module):
         stop = (inputs == PAD_ID) | (inputs == END_ID)  # [B, T]
         # Steps each caption needs: up to its first <pad>/<end> input (all T without one).
         needed = torch.where(stop.any(dim=1), stop.int().argmax(dim=1), steps)  # [B]
-        if int(needed.min()) >= steps:
-            return self._forward_rows(features, inputs)
         order, active_rows = longest_first(needed, steps)
         feats = features.index_select(0, order)  # [B, L, D]
-        tokens = inputs.index_select(0, order)  # [B, T]
-        state = self.init_state(feats)
-        logits, alphas = [], []
+        emb = self.embedding(inputs.index_select(0, order))  # [B, T, E]
+        h, c, projected, exp_projected = self.init_state(feats)
+        hs, gates, alphas = [], [], []  # per step t: [active_t, ·], the sorted prefix
         for t, active in enumerate(active_rows):
             if active == 0:
                 break
-            state = tuple(s[:active] for s in state)  # views: the prefix still decoding
-            step_logits, alpha, state = self.step(feats[:active], tokens[:active, t], state)
-            logits.append(nn.functional.pad(step_logits, (0, 0, 0, b - active)))  # [B, V]
-            alphas.append(nn.functional.pad(alpha, (0, 0, 0, b - active)))  # [B, L]
-        done = len(logits)
-        out_logits = torch.stack(logits, dim=1)  # [B, done, V]
-        out_alphas = torch.stack(alphas, dim=1)  # [B, done, L]
-        if done < steps:  # every caption ended before the last input position
-            out_logits = nn.functional.pad(out_logits, (0, 0, 0, steps - done))
-            out_alphas = nn.functional.pad(out_alphas, (0, 0, 0, steps - done))
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(b, device=order.device)
-        return out_logits.index_select(0, inverse), out_alphas.index_select(0, inverse)
+            state = (h[:active], c[:active], projected[:active], exp_projected[:active])
+            h, c, gated, alpha = self._recur(feats[:active], emb[:active, t], state)
+            hs.append(h)
+            gates.append(gated)
+            alphas.append(alpha)
+        # Packed rows, step-major: step t holds sorted captions 0 … active_t − 1.
+        counts = torch.tensor(active_rows[: len(hs)], device=inputs.device)  # [T']
+        step_of = torch.repeat_interleave(torch.arange(len(hs), device=inputs.device), counts)
+        starts = torch.cumsum(counts, 0) - counts  # [T'] first packed row of each step
+        row_of = torch.arange(len(step_of), device=inputs.device) - starts[step_of]  # [P]
+        logits = self._emit(emb[row_of, step_of], torch.cat(hs), torch.cat(gates))  # [P, V]
+        # Back to [B, T, ·] in the callers' order, zeros at the skipped steps.
+        caption = order[row_of]  # [P] original row of each packed row
+        out_logits = logits.new_zeros(b, steps, logits.shape[-1]).index_put(
+            (caption, step_of), logits
+        )
+        alpha_cat = torch.cat(alphas)  # [P, L]
+        out_alphas = alpha_cat.new_zeros(b, steps, alpha_cat.shape[-1]).index_put(
+            (caption, step_of), alpha_cat
+        )
+        return out_logits, out_alphas
 
     def _forward_rows(
         self, features: torch.Tensor, inputs: torch.Tensor
