@@ -114,3 +114,23 @@ def test_output_layer_runs_once_over_all_steps(monkeypatch):
         decoder(features, ids[:, :-1])
     rows = sum(n + 1 for n in [3, 7, 1, 5])  # <start> and every word predict a token
     assert calls == [torch.Size([rows, 8])]
+
+
+def test_prefixes_views_and_gradient_equal_plain_slices():
+    from ica_captioning.model.decoder import prefixes
+
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 3, 4, generator=gen)
+    sizes = [6, 6, 4, 4, 1]
+    weights = [torch.randn(n, 3, 4, generator=gen) for n in sizes]
+    grads = []
+    for slicer in (prefixes, lambda x, s: [x[:n] for n in s]):
+        x = base.clone().requires_grad_(True)
+        parts = slicer(x, sizes)
+        assert [p.shape[0] for p in parts] == sizes
+        assert all(torch.equal(p, base[:n]) for p, n in zip(parts, sizes))
+        # One slice unused: its gradient is None in the custom backward.
+        sum((p * w).sum() for p, w in zip(parts[:-1], weights[:-1])).backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-6)
+    assert (grads[0][1:] != 0).any() and prefixes(base, [2])[0].shape == (2, 3, 4)
