@@ -46,3 +46,29 @@ def test_cpu_dry_run_times_each_variant_and_profiles(monkeypatch, capsys):
     assert eager and cached, out
     assert float(eager.group(2)) > 0 and float(cached.group(1)) > 0
     assert "profile of 1 eager steps, batch 2" in out
+
+
+def test_compile_variant_compiles_what_teacher_forcing_runs_per_word(monkeypatch):
+    # torch.compile recorded, not run: the compiled function must be the one forward calls.
+    compiled, calls = [], []
+
+    def fake_compile(fn, **kwargs):
+        compiled.append((fn.__name__, kwargs))
+
+        def wrapper(*args):
+            calls.append(fn.__name__)
+            return fn(*args)
+
+        return wrapper
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    args = Namespace(
+        backbone="resnet18", image_size=32, dim=16, vocab=30, amp_dtype=None, distinct_batches=1
+    )
+    args.cfg = gpu_speed.train_params(args)
+    (batch,) = gpu_speed.make_batches(args, batch=2, n=1)
+    bench = gpu_speed.Bench(args, torch.device("cpu"), "compile", batch["images"])
+    seconds, loss = bench.step(batch)
+    assert compiled == [("_recur", {"dynamic": True, "mode": "default"})]
+    steps = int((batch["ids"][:, :-1] != 0).sum(1).max())  # <start> + words of the longest
+    assert len(calls) == steps and loss > 0 and seconds > 0
