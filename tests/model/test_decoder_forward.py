@@ -134,3 +134,11 @@ def test_prefixes_views_and_gradient_equal_plain_slices():
         grads.append(x.grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-6)
     assert (grads[0][1:] != 0).any() and prefixes(base, [2])[0].shape == (2, 3, 4)
+
+
+@pytest.mark.parametrize(("rows", "steps"), [(0, 4), (3, 0)])
+def test_empty_batches_give_empty_outputs(rows, steps):
+    decoder = _decoder().train()
+    features = torch.randn(rows, L, D)
+    logits, alphas = decoder(features, torch.full((rows, steps), START_ID))
+    assert logits.shape == (rows, steps, V) and alphas.shape == (rows, steps, L)

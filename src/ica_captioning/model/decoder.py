@@ -230,8 +230,9 @@ class AttentionDecoder(nn.Module):
             ``(logits [B, T, V], alphas [B, T, L])``, zero at the skipped steps.
         """
         b, steps = inputs.shape
-        if b == 0 or steps == 0:
-            return self._forward_rows(features, inputs)
+        if b == 0 or steps == 0:  # nothing to decode: well-formed empty outputs
+            zeros = features.new_zeros
+            return zeros(b, steps, self.vocab_size), zeros(b, steps, features.shape[1])
         stop = (inputs == PAD_ID) | (inputs == END_ID)  # [B, T]
         # Steps each caption needs: up to its first <pad>/<end> input (all T without one).
         needed = torch.where(stop.any(dim=1), stop.int().argmax(dim=1), steps)  # [B]
@@ -249,7 +250,7 @@ class AttentionDecoder(nn.Module):
             gates.append(gated)
             alphas.append(alpha)
         # Packed rows, step-major: step t holds sorted captions 0 … active_t − 1.
-        counts = torch.tensor(active_rows[: len(hs)], device=inputs.device)  # [T']
+        counts = torch.tensor(sizes, device=inputs.device)  # [T']
         step_of = torch.repeat_interleave(torch.arange(len(hs), device=inputs.device), counts)
         starts = torch.cumsum(counts, 0) - counts  # [T'] first packed row of each step
         row_of = torch.arange(len(step_of), device=inputs.device) - starts[step_of]  # [P]
@@ -264,18 +265,6 @@ class AttentionDecoder(nn.Module):
             (caption, step_of), alpha_cat
         )
         return out_logits, out_alphas
-
-    def _forward_rows(
-        self, features: torch.Tensor, inputs: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every step on every row: ``(logits [B, T, V], alphas [B, T, L])``."""
-        state = self.init_state(features)
-        logits, alphas = [], []
-        for t in range(inputs.shape[1]):
-            step_logits, alpha, state = self.step(features, inputs[:, t], state)
-            logits.append(step_logits)
-            alphas.append(alpha)
-        return torch.stack(logits, dim=1), torch.stack(alphas, dim=1)
 
 
 def prefixes(x: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
