@@ -150,3 +150,20 @@ def test_transformer_namespaces_and_the_gpu_transformer():
 def test_transformer_selection_is_checked(change, message):
     with pytest.raises(ParameterError, match=message):
         TrainParams.resolve(section("train"), {"transformer": change})
+
+
+def test_evaluation_decode_settings_are_exactly_decode_splits_keywords():
+    import inspect
+
+    from ica_captioning.decoding.runner import decode_split
+    from ica_captioning.params.evaluation import EvaluationParams
+
+    params = EvaluationParams.parse(section("evaluation"), "evaluation")
+    keywords = {
+        name
+        for name, p in inspect.signature(decode_split).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    settings = params.decode_settings()
+    assert set(settings) == keywords
+    assert settings["cpu_attention"] == "tiled" and settings["beam_size"] == params.beam_size

@@ -144,13 +144,7 @@ def evaluate_model(
         evaluation.images,
         evaluation.references,
         evaluation.images_dir,
-        beam_size=params.beam_size,
-        max_len=params.max_len,
-        length_penalty=params.length_penalty,
-        allow_unk=params.allow_unk,
-        batch_size=params.batch_size,
-        progress=params.progress,
-        cpu_attention=params.cpu_attention,
+        **params.decode_settings(),
     )
     heads = None
     if is_multi_head(model):

@@ -58,6 +58,18 @@ class EvaluationParams(Params):
     chair: ChairParams
     figures: FiguresParams
 
+    def decode_settings(self) -> dict[str, object]:
+        """The keyword arguments of :func:`ica_captioning.decoding.runner.decode_split`."""
+        return {
+            "beam_size": self.beam_size,
+            "max_len": self.max_len,
+            "length_penalty": self.length_penalty,
+            "allow_unk": self.allow_unk,
+            "batch_size": self.batch_size,
+            "progress": self.progress,
+            "cpu_attention": self.cpu_attention,
+        }
+
     @field_validator("run_id", mode="before")
     @classmethod
     def _run_id_as_text(cls, value: object) -> object:

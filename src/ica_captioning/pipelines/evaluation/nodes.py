@@ -118,13 +118,7 @@ def decode(
         evaluation_images,
         evaluation_references,
         images_dir,
-        beam_size=params.beam_size,
-        max_len=params.max_len,
-        length_penalty=params.length_penalty,
-        allow_unk=params.allow_unk,
-        batch_size=params.batch_size,
-        progress=params.progress,
-        cpu_attention=params.cpu_attention,
+        **params.decode_settings(),
     )
     logger.info(
         "decoded %d images (beam %d) and %d references in %.1f s",
