@@ -97,25 +97,21 @@ def main() -> None:
     ]
     variants: list[object] = [0.0, 0.1] + (["tutorial"] if args.tutorial else [])
     models, opts = {}, {}
+    sizes = {
+        "vocab_size": args.vocab_size,
+        "feature_dim": args.feature_dim,
+        "embed_dim": args.embed_dim,
+        "hidden_dim": args.hidden_dim,
+        "attention_dim": args.attention_dim,
+    }
+    init_scale = load_parameters()["train"]["decoder"]["attention_init_scale"]
     for lam in variants:
         torch.manual_seed(0)
         if lam == "tutorial":
-            models[lam] = TutorialDecoder(
-                vocab_size=args.vocab_size,
-                feature_dim=args.feature_dim,
-                embed_dim=args.embed_dim,
-                hidden_dim=args.hidden_dim,
-                attention_dim=args.attention_dim,
-            ).to(device)
+            models[lam] = TutorialDecoder(**sizes).to(device)
         else:
             models[lam] = AttentionDecoder(
-                vocab_size=args.vocab_size,
-                feature_dim=args.feature_dim,
-                embed_dim=args.embed_dim,
-                hidden_dim=args.hidden_dim,
-                attention_dim=args.attention_dim,
-                dropout=0.3,
-                attention_init_scale=load_parameters()["train"]["decoder"]["attention_init_scale"],
+                **sizes, dropout=0.3, attention_init_scale=init_scale
             ).to(device)
         opts[lam] = torch.optim.Adam(models[lam].parameters(), lr=1e-3)
 
